@@ -1,0 +1,20 @@
+//! fhirlake sources: find FHIR files (local paths, directories, globs, object-store URLs and Bulk Data
+//! landing folders) and stream their content as [`SourceItem`]s without holding a whole file in memory.
+//!
+//! The crate owns *where data comes from and how it is framed* (NDJSON lines, Bundle entries, manifest
+//! `deleted[]` entries). Parsing and validating NDJSON lines is left to the caller's worker pool, so that
+//! reading (I/O bound) and parsing (CPU bound) run on different threads.
+
+pub mod error;
+pub mod fhir;
+pub mod location;
+pub mod plan;
+pub mod read;
+
+pub use error::{Error, Result};
+pub use location::{Location, StoreOptions, object_store_for_url};
+pub use plan::{FileFormat, FileRole, SourceFile, SourcePlan, plan_sources};
+pub use read::{
+    ItemPosition, MAX_LINE_BYTES, ReadOptions, ReadStats, SourceItem, read_source_file,
+    read_source_file_with,
+};

@@ -1,0 +1,120 @@
+//! The engine's error type. Variants carry table names, files, lines and JSON paths, never values.
+
+/// Errors of the lake and the ingest pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The lake location is not usable.
+    #[error("lake {location}: {reason}")]
+    Lake {
+        /// Lake URL or path.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A Delta operation on one table failed.
+    #[error("table {table}: {source}")]
+    Delta {
+        /// SQL name of the table.
+        table: String,
+        /// The underlying error.
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    /// Another writer holds the lake.
+    #[error(
+        "lake {location} is being written by another fhirlake process (lock {lock}); wait for it to finish and retry"
+    )]
+    Locked {
+        /// Lake URL or path.
+        location: String,
+        /// The lock file.
+        lock: String,
+    },
+    /// The lake was written with a different de-identification key (or without one).
+    #[error(
+        "table {table} was written with de-identification key id `{lake_key}`, this run uses `{run_key}`: pseudonym spaces must never mix; use the lake's key or a new lake"
+    )]
+    KeyMismatch {
+        /// SQL name of the table.
+        table: String,
+        /// Key id recorded in the table.
+        lake_key: String,
+        /// Key id of this run.
+        run_key: String,
+    },
+    /// Too many rejected lines.
+    #[error("{rejected} lines rejected, more than --max-rejects {max}; nothing was committed")]
+    TooManyRejects {
+        /// Lines rejected.
+        rejected: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// No source could be read at all.
+    #[error("no readable FHIR source: {0}")]
+    NoSources(String),
+    /// A source problem that stops the run.
+    #[error(transparent)]
+    Source(#[from] fhirlake_connectors::Error),
+    /// Query side error.
+    #[error(transparent)]
+    Sql(#[from] fhirlake_sql::Error),
+    /// DataFusion error while staging or merging.
+    #[error("{context}: {source}")]
+    DataFusion {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    /// Local I/O (landing zone, staging, lock file).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Arrow / Parquet encoding of staged rows.
+    #[error("staging {table}: {reason}")]
+    Staging {
+        /// Table being staged.
+        table: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Unexpected internal state (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result type of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn delta(table: impl std::fmt::Display, source: deltalake::DeltaTableError) -> Self {
+        Self::Delta {
+            table: table.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn datafusion(
+        context: impl std::fmt::Display,
+        source: datafusion::error::DataFusionError,
+    ) -> Self {
+        Self::DataFusion {
+            context: context.to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Ingest: sources -> parse -> de-identify -> lake, as one run.
+//!
+//! A run (see [`Ingest::run`]):
+//! 1. takes the lake's writer lock and refuses a de-identification key that differs from the lake's;
+//! 2. expands the sources (`fhirlake-connectors`); unusable sources are rejected like bad lines;
+//! 3. streams every file through the parallel [`pipeline`] into per-type staging Parquet files
+//!    in the landing zone, keeping rejected lines in `<landing>/rejected/<run_id>.ndjson`;
+//! 4. commits each resource type with one Delta MERGE ([`merge`]);
+//! 5. records the run in `lake.runs` — last, so a killed run is never recorded as finished.
+
+pub mod merge;
+pub mod observer;
+pub mod pipeline;
+pub mod rejects;
+pub mod staging;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fhirlake_connectors::{ItemPosition, StoreOptions, plan_sources};
+use fhirlake_deid::Deidentifier;
+
+use crate::lake::runs::{RunRecord, TypeCounts, record_run};
+use crate::lake::{DeidStamp, Lake, TableId};
+use crate::{Error, Result};
+pub use observer::{IngestObserver, Silent};
+use pipeline::{StageOutcome, UNKNOWN_TYPE};
+use rejects::RejectWriter;
+use staging::Staging;
+use validate::Reject;
+
+/// Status of a finished run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Every line was accepted.
+    Succeeded,
+    /// Committed, but some lines were rejected (exit code 3).
+    SucceededWithRejects,
+}
+
+impl RunStatus {
+    /// The value stored in `lake.runs.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::SucceededWithRejects => "succeeded_with_rejects",
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    /// The row written to `lake.runs`.
+    pub record: RunRecord,
+    /// Outcome.
+    pub status: RunStatus,
+    /// Where rejected lines were kept, if any.
+    pub rejects_file: Option<PathBuf>,
+    /// Input bytes read (decompressed).
+    pub bytes: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// Configures and runs one ingest.
+pub struct Ingest {
+    sources: Vec<String>,
+    lake: Lake,
+    landing: PathBuf,
+    deid: Arc<dyn Deidentifier>,
+    store_options: StoreOptions,
+    max_rejects: Option<u64>,
+    workers: usize,
+    observer: Arc<dyn IngestObserver>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("sources", &self.sources)
+            .field("lake", &self.lake.url().as_str())
+            .field("landing", &self.landing)
+            .field("policy", &self.deid.policy_name())
+            .field("max_rejects", &self.max_rejects)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+impl Ingest {
+    /// An ingest of `sources` into `lake`, de-identified by `deid`.
+    pub fn new(sources: Vec<String>, lake: Lake, deid: Arc<dyn Deidentifier>) -> Self {
+        Self {
+            sources,
+            lake,
+            landing: PathBuf::from("landing"),
+            deid,
+            store_options: StoreOptions::default(),
+            max_rejects: None,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            observer: Arc::new(Silent),
+        }
+    }
+
+    /// Landing zone for rejected lines and staging files (default `./landing`).
+    pub fn with_landing(mut self, landing: impl Into<PathBuf>) -> Self {
+        self.landing = landing.into();
+        self
+    }
+
+    /// Object-store options for `s3://` sources.
+    pub fn with_store_options(mut self, options: StoreOptions) -> Self {
+        self.store_options = options;
+        self
+    }
+
+    /// Fail the run (nothing committed) when more than `max` lines are rejected.
+    pub fn with_max_rejects(mut self, max: Option<u64>) -> Self {
+        self.max_rejects = max;
+        self
+    }
+
+    /// Worker threads for parsing and de-identification (default: all cores).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Progress reporting.
+    pub fn with_observer(mut self, observer: Arc<dyn IngestObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Runs the ingest. `Err` means nothing was recorded as a finished run.
+    pub async fn run(self) -> Result<IngestReport> {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let stamp = DeidStamp {
+            key_id: self.deid.key_id(),
+            policy_hash: self.deid.policy_hash(),
+            deidentified: self.deid.removes_identifiers(),
+        };
+
+        self.lake.ensure_exists()?;
+        let _lock = self.lake.lock()?;
+        self.lake.check_stamp(&stamp).await?;
+
+        let plan = plan_sources(&self.sources, &self.store_options).await;
+        self.observer.planned(plan.files.len());
+        let mut rejects = RejectWriter::new(&self.landing, &run_id);
+        let mut problem_outcome = StageOutcome::default();
+        for problem in &plan.problems {
+            let reject = Reject {
+                pos: ItemPosition {
+                    file: Arc::from(problem.location()),
+                    line: 0,
+                    path: None,
+                },
+                resource_type: None,
+                json_path: None,
+                reason: problem.to_string(),
+                raw: None,
+            };
+            self.observer.rejected(&reject.pos, None, &reject.reason);
+            pipeline::record_reject(&mut problem_outcome, &mut rejects, &reject)?;
+        }
+        if plan.files.is_empty() {
+            rejects.finish()?;
+            let reasons: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
+            return Err(Error::NoSources(if reasons.is_empty() {
+                "no sources given".into()
+            } else {
+                reasons.join("; ")
+            }));
+        }
+
+        let staging_dir = self.landing.join("staging").join(&run_id);
+        let staging = Staging::create(staging_dir.clone())?;
+        let runtime = tokio::runtime::Handle::current();
+        let (files, deid, observer, workers) = (
+            plan.files,
+            self.deid.clone(),
+            self.observer.clone(),
+            self.workers,
+        );
+        let (staged, mut rejects) = tokio::task::spawn_blocking(move || {
+            let outcome = pipeline::run(
+                &files,
+                deid.as_ref(),
+                staging,
+                &mut rejects,
+                workers,
+                observer.as_ref(),
+                &runtime,
+            );
+            (outcome, rejects)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("pipeline thread: {e}")))?;
+        rejects.finish()?;
+        let mut staged = match staged {
+            Ok(staged) => staged,
+            Err(e) => {
+                remove_dir(&staging_dir);
+                return Err(e);
+            }
+        };
+        for (resource_type, counts) in problem_outcome.counts {
+            staged.counts.entry(resource_type).or_default().add(&counts);
+        }
+
+        let total_rejected: u64 = staged.counts.values().map(|c| c.rejected).sum();
+        if let Some(max) = self.max_rejects
+            && total_rejected > max
+        {
+            remove_dir(&staging_dir);
+            return Err(Error::TooManyRejects {
+                rejected: total_rejected,
+                max,
+            });
+        }
+
+        let mut table_versions = BTreeMap::new();
+        for (resource_type, staged_type) in &staged.staged {
+            self.observer
+                .phase(&format!("committing {}", TableId::raw(resource_type)));
+            let merged = merge::merge_type(
+                &self.lake,
+                &stamp,
+                &run_id,
+                resource_type,
+                staged_type,
+            )
+            .await;
+            let merged = match merged {
+                Ok(merged) => merged,
+                Err(e) => {
+                    remove_dir(&staging_dir);
+                    return Err(e);
+                }
+            };
+            let counts = staged.counts.entry(resource_type.clone()).or_default();
+            counts.written += merged.counts.written;
+            counts.updated += merged.counts.updated;
+            counts.unchanged += merged.counts.unchanged;
+            counts.deleted += merged.counts.deleted;
+            if let Some(version) = merged.version {
+                table_versions.insert(TableId::raw(resource_type).to_string(), version);
+            }
+        }
+        remove_dir(&staging_dir);
+
+        let status = if total_rejected > 0 {
+            RunStatus::SucceededWithRejects
+        } else {
+            RunStatus::Succeeded
+        };
+        let mut record = RunRecord {
+            run_id,
+            started_at,
+            finished_at: Utc::now(),
+            status: status.as_str().to_string(),
+            sources: self.sources.clone(),
+            policy_name: self.deid.policy_name().to_string(),
+            stamp,
+            counts: staged.counts,
+            table_versions,
+            landing: Some(self.landing.display().to_string()),
+        };
+        self.observer.phase("recording the run in lake.runs");
+        let runs_version = record_run(&self.lake, &record).await?;
+        record
+            .table_versions
+            .insert(TableId::runs().to_string(), runs_version);
+        Ok(IngestReport {
+            record,
+            status,
+            rejects_file: rejects.path().map(PathBuf::from),
+            bytes: staged.bytes,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+fn remove_dir(dir: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("could not remove staging directory {}: {e}", dir.display());
+    }
+}
+
+/// Totals of a report's counts, for summaries.
+pub fn totals(counts: &BTreeMap<String, TypeCounts>) -> TypeCounts {
+    let mut total = TypeCounts::default();
+    for c in counts.values() {
+        total.add(c);
+    }
+    total
+}
+
+#[doc(hidden)]
+pub const UNKNOWN: &str = UNKNOWN_TYPE;

@@ -1,0 +1,470 @@
+//! Turns one source item into a lake row: parse, validate, de-identify, extract the row columns.
+//!
+//! Runs on the worker pool, once per resource. Reasons name JSON paths and type names, never
+//! values: they are printed, logged and stored next to the original line in the landing zone.
+
+use std::sync::Arc;
+
+use fhirlake_connectors::{ItemPosition, SourceItem, fhir};
+use fhirlake_deid::{Deidentifier, Disposition};
+use serde_json::Value;
+
+/// The outcome for one source item.
+#[derive(Debug)]
+pub enum Processed {
+    /// A resource to upsert.
+    Row(Row),
+    /// A delete of `(resource_type, lake id)`.
+    Delete {
+        /// FHIR resource type.
+        resource_type: String,
+        /// Id as stored in the lake (pseudonymized when de-identification is on).
+        id: String,
+        /// Read order, for "last read wins".
+        seq: i64,
+    },
+    /// Rejected input, kept in the landing zone.
+    Reject(Reject),
+}
+
+/// One row of a `raw.<type>` table, before staging.
+#[derive(Debug)]
+pub struct Row {
+    /// FHIR resource type (table).
+    pub resource_type: String,
+    /// Resource id after de-identification.
+    pub id: String,
+    /// Patient compartment id after de-identification.
+    pub patient_id: Option<String>,
+    /// `meta.lastUpdated` in microseconds since the epoch.
+    pub last_updated: Option<i64>,
+    /// De-identified resource JSON.
+    pub resource: String,
+    /// Read order, for "ties: last read wins".
+    pub seq: i64,
+    /// Bytes of input this row came from.
+    pub input_bytes: u64,
+}
+
+/// A rejected line or entry.
+#[derive(Debug)]
+pub struct Reject {
+    /// Where it came from.
+    pub pos: ItemPosition,
+    /// Resource type when it could be read (for per-type counts).
+    pub resource_type: Option<String>,
+    /// JSON path of the problem, when there is one.
+    pub json_path: Option<String>,
+    /// Why (no values).
+    pub reason: String,
+    /// The original bytes, kept in the landing zone.
+    pub raw: Option<Vec<u8>>,
+}
+
+/// Per-file context shared by the items of one batch.
+#[derive(Debug, Clone)]
+pub struct FileContext {
+    /// Type the manifest says the file holds.
+    pub expected_type: Option<Arc<str>>,
+}
+
+/// Processes one item.
+pub fn process(
+    item: SourceItem,
+    seq: i64,
+    file: &FileContext,
+    deid: &dyn Deidentifier,
+) -> Processed {
+    match item {
+        SourceItem::Line { pos, bytes } => {
+            let input_bytes = bytes.len() as u64;
+            let text = match std::str::from_utf8(&bytes) {
+                Ok(text) => text,
+                Err(e) => {
+                    return reject(
+                        pos,
+                        None,
+                        None,
+                        format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                        Some(bytes),
+                    );
+                }
+            };
+            match serde_json::from_str::<Value>(text) {
+                Ok(value) => resource_to_row(value, pos, seq, file, deid, input_bytes, Some(bytes)),
+                Err(e) => reject(
+                    pos,
+                    None,
+                    None,
+                    format!(
+                        "malformed JSON ({} at column {})",
+                        json_error_kind(&e),
+                        e.column()
+                    ),
+                    Some(bytes),
+                ),
+            }
+        }
+        SourceItem::Resource { pos, resource } => {
+            resource_to_row(resource, pos, seq, file, deid, 0, None)
+        }
+        SourceItem::Delete {
+            pos,
+            resource_type,
+            id,
+        } => {
+            if !fhir::is_resource_type(&resource_type) {
+                return reject(
+                    pos,
+                    None,
+                    Some("request.url".into()),
+                    format!("delete of unknown resource type{}", type_hint(&resource_type)),
+                    None,
+                );
+            }
+            if !fhir::is_valid_id(&id) {
+                return reject(
+                    pos,
+                    Some(resource_type),
+                    Some("request.url".into()),
+                    "delete with an invalid FHIR id".into(),
+                    None,
+                );
+            }
+            let id = deid.lake_id(&resource_type, &id);
+            Processed::Delete {
+                resource_type,
+                id,
+                seq,
+            }
+        }
+        SourceItem::Reject { pos, reason, raw } => reject(pos, None, None, reason, raw),
+    }
+}
+
+fn reject(
+    pos: ItemPosition,
+    resource_type: Option<String>,
+    json_path: Option<String>,
+    reason: String,
+    raw: Option<Vec<u8>>,
+) -> Processed {
+    Processed::Reject(Reject {
+        pos,
+        resource_type,
+        json_path,
+        reason,
+        raw,
+    })
+}
+
+fn resource_to_row(
+    mut value: Value,
+    pos: ItemPosition,
+    seq: i64,
+    file: &FileContext,
+    deid: &dyn Deidentifier,
+    input_bytes: u64,
+    raw: Option<Vec<u8>>,
+) -> Processed {
+    let base = pos.path.clone();
+    let at = |suffix: &str| match &base {
+        Some(base) => format!("{base}.{suffix}"),
+        None => suffix.to_string(),
+    };
+    let Some(object) = value.as_object() else {
+        return reject(
+            pos,
+            None,
+            base.clone(),
+            format!("not a JSON object (found {})", json_kind(&value)),
+            raw,
+        );
+    };
+    let resource_type = match object.get("resourceType") {
+        Some(Value::String(t)) if fhir::is_resource_type(t) => t.clone(),
+        Some(Value::String(t)) => {
+            return reject(
+                pos,
+                None,
+                Some(at("resourceType")),
+                format!("unknown resourceType{}", type_hint(t)),
+                raw,
+            );
+        }
+        Some(other) => {
+            return reject(
+                pos,
+                None,
+                Some(at("resourceType")),
+                format!("resourceType is a {}, not a string", json_kind(other)),
+                raw,
+            );
+        }
+        None => {
+            return reject(pos, None, Some(at("resourceType")), "missing resourceType".into(), raw);
+        }
+    };
+    if let Some(expected) = &file.expected_type
+        && expected.as_ref() != resource_type
+    {
+        return reject(
+            pos,
+            Some(resource_type.clone()),
+            Some(at("resourceType")),
+            format!("resourceType {resource_type} does not match the manifest entry type {expected}"),
+            raw,
+        );
+    }
+    match object.get("id") {
+        Some(Value::String(id)) if fhir::is_valid_id(id) => {}
+        Some(Value::String(_)) => {
+            return reject(
+                pos,
+                Some(resource_type),
+                Some(at("id")),
+                "id is not a valid FHIR id ([A-Za-z0-9-.]{1,64})".into(),
+                raw,
+            );
+        }
+        Some(other) => {
+            return reject(
+                pos,
+                Some(resource_type),
+                Some(at("id")),
+                format!("id is a {}, not a string", json_kind(other)),
+                raw,
+            );
+        }
+        None => {
+            return reject(pos, Some(resource_type), Some(at("id")), "missing id".into(), raw);
+        }
+    }
+    let last_updated = match object.get("meta").and_then(|m| m.get("lastUpdated")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(instant)) => match chrono::DateTime::parse_from_rfc3339(instant) {
+            Ok(t) => Some(t.timestamp_micros()),
+            Err(_) => {
+                return reject(
+                    pos,
+                    Some(resource_type),
+                    Some(at("meta.lastUpdated")),
+                    "meta.lastUpdated is not a valid FHIR instant".into(),
+                    raw,
+                );
+            }
+        },
+        Some(other) => {
+            return reject(
+                pos,
+                Some(resource_type),
+                Some(at("meta.lastUpdated")),
+                format!("meta.lastUpdated is a {}, not a string", json_kind(other)),
+                raw,
+            );
+        }
+    };
+
+    match deid.deidentify(&mut value) {
+        Ok(Disposition::Keep) => {}
+        Ok(Disposition::Drop { reason }) => {
+            return reject(pos, Some(resource_type), base, format!("dropped by policy: {reason}"), raw);
+        }
+        Err(e) => {
+            return reject(pos, Some(resource_type), base, format!("de-identification failed: {e}"), raw);
+        }
+    }
+    // After de-identification the id and references are in the lake's (pseudonym) space.
+    let Some(id) = value.get("id").and_then(Value::as_str).map(str::to_string) else {
+        return reject(
+            pos,
+            Some(resource_type),
+            Some(at("id")),
+            "de-identification removed the id".into(),
+            raw,
+        );
+    };
+    let patient_id = patient_compartment(&resource_type, &id, &value);
+    let resource = match serde_json::to_string(&value) {
+        Ok(s) => s,
+        Err(e) => {
+            return reject(pos, Some(resource_type), base, format!("re-serialisation failed: {e}"), raw);
+        }
+    };
+    Processed::Row(Row {
+        resource_type,
+        id,
+        patient_id,
+        last_updated,
+        input_bytes: if input_bytes > 0 {
+            input_bytes
+        } else {
+            resource.len() as u64
+        },
+        resource,
+        seq,
+    })
+}
+
+/// The patient a resource belongs to: the Patient itself, else the first of `subject`, `patient`,
+/// `beneficiary` that references a Patient (relative, absolute or `urn:uuid`-resolved form).
+pub fn patient_compartment(resource_type: &str, id: &str, resource: &Value) -> Option<String> {
+    if resource_type == "Patient" {
+        return Some(id.to_string());
+    }
+    for field in ["subject", "patient", "beneficiary"] {
+        let Some(reference) = resource
+            .get(field)
+            .and_then(|r| r.get("reference"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        if let Some(patient) = patient_from_reference(reference) {
+            return Some(patient.to_string());
+        }
+    }
+    None
+}
+
+fn patient_from_reference(reference: &str) -> Option<&str> {
+    let reference = reference.split(['?', '#']).next()?;
+    match fhir::parse_type_id(reference)? {
+        ("Patient", id) => Some(id),
+        _ => None,
+    }
+}
+
+/// Names a type in a message only if it looks like a type name (never echo arbitrary text).
+fn type_hint(t: &str) -> String {
+    if !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        format!(" `{t}`")
+    } else {
+        String::new()
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn json_error_kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "invalid data",
+        serde_json::error::Category::Eof => "unexpected end of input",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhirlake_deid::Passthrough;
+
+    fn line(text: &str) -> SourceItem {
+        SourceItem::Line {
+            pos: ItemPosition {
+                file: Arc::from("f.ndjson"),
+                line: 7,
+                path: None,
+            },
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    fn run(text: &str) -> Processed {
+        let file = FileContext {
+            expected_type: None,
+        };
+        process(line(text), 1, &file, &Passthrough)
+    }
+
+    fn reason(p: Processed) -> String {
+        match p {
+            Processed::Reject(r) => r.reason,
+            other => panic!("expected a reject, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_resource_and_finds_its_patient() {
+        let Processed::Row(row) = run(
+            r#"{"resourceType":"Observation","id":"o1","meta":{"lastUpdated":"2024-01-02T03:04:05Z"},"subject":{"reference":"Patient/p1"}}"#,
+        ) else {
+            panic!("expected a row")
+        };
+        assert_eq!(row.resource_type, "Observation");
+        assert_eq!(row.id, "o1");
+        assert_eq!(row.patient_id.as_deref(), Some("p1"));
+        assert_eq!(row.last_updated, Some(1_704_164_645_000_000));
+    }
+
+    #[test]
+    fn rejects_without_echoing_values() {
+        let secret = "Jane-Doe-555";
+        for (text, expect) in [
+            (format!(r#"{{"resourceType":"Patient","id":"{secret}""#), "malformed JSON"),
+            ("[1,2]".to_string(), "not a JSON object"),
+            (format!(r#"{{"id":"{secret}"}}"#), "missing resourceType"),
+            (format!(r#"{{"resourceType":"Pat ient {secret}","id":"x"}}"#), "unknown resourceType"),
+            (format!(r#"{{"resourceType":"Patient","name":"{secret}"}}"#), "missing id"),
+            (format!(r#"{{"resourceType":"Patient","id":"{secret} !"}}"#), "not a valid FHIR id"),
+            (
+                format!(r#"{{"resourceType":"Patient","id":"x","meta":{{"lastUpdated":"{secret}"}}}}"#),
+                "meta.lastUpdated",
+            ),
+        ] {
+            let why = reason(run(&text));
+            assert!(why.contains(expect), "{why} should contain {expect}");
+            assert!(!why.contains(secret), "reason leaks a value: {why}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected_with_the_bytes_kept() {
+        let item = SourceItem::Line {
+            pos: ItemPosition {
+                file: Arc::from("f"),
+                line: 1,
+                path: None,
+            },
+            bytes: vec![b'{', 0xff, b'}'],
+        };
+        let file = FileContext {
+            expected_type: None,
+        };
+        match process(item, 1, &file, &Passthrough) {
+            Processed::Reject(r) => {
+                assert!(r.reason.contains("UTF-8"));
+                assert_eq!(r.raw.as_deref(), Some(&[b'{', 0xff, b'}'][..]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn manifest_type_is_enforced() {
+        let file = FileContext {
+            expected_type: Some(Arc::from("Observation")),
+        };
+        let p = process(line(r#"{"resourceType":"Patient","id":"p"}"#), 1, &file, &Passthrough);
+        assert!(reason(p).contains("does not match the manifest"));
+    }
+
+    #[test]
+    fn patient_references() {
+        assert_eq!(patient_from_reference("Patient/abc"), Some("abc"));
+        assert_eq!(patient_from_reference("https://x.org/fhir/Patient/abc"), Some("abc"));
+        assert_eq!(patient_from_reference("Group/abc"), None);
+        assert_eq!(patient_from_reference("#contained"), None);
+        assert_eq!(patient_from_reference("Patient/abc/_history/2"), Some("abc"));
+    }
+}

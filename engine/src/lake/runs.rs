@@ -1,0 +1,184 @@
+//! `lake.runs`: one row per finished ingest run — sources, times, counts per type, policy, key id
+//! and the Delta versions the run wrote. A run is recorded only after all its table commits, so a
+//! killed or failed run is never recorded as finished.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    StructBuilder, TimestampMicrosecondArray,
+};
+use arrow::datatypes::DataType;
+use chrono::{DateTime, Utc};
+use deltalake::protocol::SaveMode;
+
+use super::schema::{RUNS_SCHEMA, table_version_fields, type_counts_fields};
+use super::{DeidStamp, Lake, TableId};
+use crate::{Error, Result};
+
+/// Counts for one resource type in one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TypeCounts {
+    /// Resources read from the sources (parsed, valid or not de-identifiable).
+    pub read: u64,
+    /// New rows inserted.
+    pub written: u64,
+    /// Existing rows replaced by a newer (or equally new, later read) version.
+    pub updated: u64,
+    /// Rows read again with no newer version (re-ingest of the same data).
+    pub unchanged: u64,
+    /// Rows deleted (Bulk Data `deleted[]`, Bundle DELETE entries).
+    pub deleted: u64,
+    /// Lines or entries rejected (kept in the landing zone).
+    pub rejected: u64,
+}
+
+impl TypeCounts {
+    /// Adds another set of counts.
+    pub fn add(&mut self, other: &TypeCounts) {
+        self.read += other.read;
+        self.written += other.written;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.deleted += other.deleted;
+        self.rejected += other.rejected;
+    }
+}
+
+/// Everything `lake.runs` records about one run.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    /// Run id (UUID v7, time ordered).
+    pub run_id: String,
+    /// When the run started.
+    pub started_at: DateTime<Utc>,
+    /// When the last table commit finished.
+    pub finished_at: DateTime<Utc>,
+    /// `succeeded` or `succeeded_with_rejects`.
+    pub status: String,
+    /// Sources as given on the command line.
+    pub sources: Vec<String>,
+    /// Policy name.
+    pub policy_name: String,
+    /// The de-identification stamp of the run.
+    pub stamp: DeidStamp,
+    /// Counts per resource type (`(unknown)` for lines whose type could not be read).
+    pub counts: BTreeMap<String, TypeCounts>,
+    /// Delta version written per table.
+    pub table_versions: BTreeMap<String, i64>,
+    /// Landing zone location (where rejected lines are kept).
+    pub landing: Option<String>,
+}
+
+impl RunRecord {
+    /// Totals over all types.
+    pub fn totals(&self) -> TypeCounts {
+        let mut total = TypeCounts::default();
+        for counts in self.counts.values() {
+            total.add(counts);
+        }
+        total
+    }
+
+    fn to_batch(&self) -> Result<RecordBatch> {
+        let total = self.totals();
+        let ts = |t: &DateTime<Utc>| {
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![t.timestamp_micros()]).with_timezone("UTC"),
+            ) as ArrayRef
+        };
+        let string = |s: &str| Arc::new(StringArray::from(vec![s])) as ArrayRef;
+        let int = |n: u64| Arc::new(Int64Array::from(vec![n as i64])) as ArrayRef;
+
+        let mut sources = ListBuilder::new(StringBuilder::new());
+        for source in &self.sources {
+            sources.values().append_value(source);
+        }
+        sources.append(true);
+
+        let counts_fields = type_counts_fields();
+        let mut counts = ListBuilder::new(StructBuilder::from_fields(counts_fields.clone(), 0))
+            .with_field(Arc::new(arrow::datatypes::Field::new(
+                "element",
+                DataType::Struct(counts_fields),
+                true,
+            )));
+        for (resource_type, c) in &self.counts {
+            let s = counts.values();
+            s.field_builder::<StringBuilder>(0)
+                .ok_or_else(|| Error::Internal("runs.counts builder".into()))?
+                .append_value(resource_type);
+            for (i, n) in [c.read, c.written, c.updated, c.unchanged, c.deleted, c.rejected]
+                .into_iter()
+                .enumerate()
+            {
+                s.field_builder::<arrow::array::Int64Builder>(i + 1)
+                    .ok_or_else(|| Error::Internal("runs.counts builder".into()))?
+                    .append_value(n as i64);
+            }
+            s.append(true);
+        }
+        counts.append(true);
+
+        let version_fields = table_version_fields();
+        let mut versions = ListBuilder::new(StructBuilder::from_fields(version_fields.clone(), 0))
+            .with_field(Arc::new(arrow::datatypes::Field::new(
+                "element",
+                DataType::Struct(version_fields),
+                true,
+            )));
+        for (table, version) in &self.table_versions {
+            let s = versions.values();
+            s.field_builder::<StringBuilder>(0)
+                .ok_or_else(|| Error::Internal("runs.table_versions builder".into()))?
+                .append_value(table);
+            s.field_builder::<arrow::array::Int64Builder>(1)
+                .ok_or_else(|| Error::Internal("runs.table_versions builder".into()))?
+                .append_value(*version);
+            s.append(true);
+        }
+        versions.append(true);
+
+        let columns: Vec<ArrayRef> = vec![
+            string(&self.run_id),
+            ts(&self.started_at),
+            ts(&self.finished_at),
+            string(&self.status),
+            Arc::new(sources.finish()),
+            string(&self.policy_name),
+            string(&self.stamp.policy_hash),
+            string(&self.stamp.key_id),
+            Arc::new(BooleanArray::from(vec![self.stamp.deidentified])),
+            int(total.read),
+            int(total.written),
+            int(total.updated),
+            int(total.unchanged),
+            int(total.deleted),
+            int(total.rejected),
+            Arc::new(counts.finish()),
+            Arc::new(versions.finish()),
+            Arc::new(StringArray::from(vec![self.landing.as_deref()])),
+            string(env!("CARGO_PKG_VERSION")),
+        ];
+        RecordBatch::try_new(RUNS_SCHEMA.clone(), columns).map_err(|e| Error::Staging {
+            table: TableId::runs().to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Appends one run to `lake.runs` (one Delta commit); returns the version written.
+pub async fn record_run(lake: &Lake, record: &RunRecord) -> Result<i64> {
+    let id = TableId::runs();
+    let table = lake
+        .load_or_create_table(&id, &RUNS_SCHEMA, &record.stamp, "fhirlake ingest runs")
+        .await?;
+    let batch = record.to_batch()?;
+    let table = table
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Append)
+        .await
+        .map_err(|e| Error::delta(&id, e))?;
+    Ok(table.version().unwrap_or_default() as i64)
+}

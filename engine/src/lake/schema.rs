@@ -1,0 +1,74 @@
+//! Arrow schemas of the lake's own tables (`raw.<type>` and `lake.runs`).
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+/// Timestamps in the lake: microseconds, UTC (Delta's `timestamp`).
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Schema of every `raw.<type>` table.
+pub static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("patient_id", DataType::Utf8, true),
+        Field::new("last_updated", timestamp_type(), true),
+        Field::new("resource", DataType::Utf8, false),
+        Field::new("run_id", DataType::Utf8, false),
+    ]))
+});
+
+/// Per-type counts inside a `lake.runs` row.
+pub fn type_counts_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("resource_type", DataType::Utf8, false),
+        Field::new("read", DataType::Int64, false),
+        Field::new("written", DataType::Int64, false),
+        Field::new("updated", DataType::Int64, false),
+        Field::new("unchanged", DataType::Int64, false),
+        Field::new("deleted", DataType::Int64, false),
+        Field::new("rejected", DataType::Int64, false),
+    ])
+}
+
+/// Table versions written by a run.
+pub fn table_version_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("table", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+    ])
+}
+
+/// Schema of `lake.runs`: one row per finished ingest run.
+pub static RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let list_of = |fields: Fields| {
+        DataType::List(Arc::new(Field::new("element", DataType::Struct(fields), true)))
+    };
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("started_at", timestamp_type(), false),
+        Field::new("finished_at", timestamp_type(), false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new(
+            "sources",
+            DataType::List(Arc::new(Field::new("element", DataType::Utf8, true))),
+            false,
+        ),
+        Field::new("policy_name", DataType::Utf8, false),
+        Field::new("policy_hash", DataType::Utf8, false),
+        Field::new("key_id", DataType::Utf8, false),
+        Field::new("deidentified", DataType::Boolean, false),
+        Field::new("read", DataType::Int64, false),
+        Field::new("written", DataType::Int64, false),
+        Field::new("updated", DataType::Int64, false),
+        Field::new("unchanged", DataType::Int64, false),
+        Field::new("deleted", DataType::Int64, false),
+        Field::new("rejected", DataType::Int64, false),
+        Field::new("counts", list_of(type_counts_fields()), false),
+        Field::new("table_versions", list_of(table_version_fields()), false),
+        Field::new("landing", DataType::Utf8, true),
+        Field::new("fhirlake_version", DataType::Utf8, false),
+    ]))
+});

@@ -1,0 +1,15 @@
+//! fhirlake engine: the lake (Delta tables on object storage) and the ingest pipeline that fills it.
+//!
+//! - [`lake`]: the lake layout of DESIGN.md — table naming, Delta table creation, the `lake.runs`
+//!   log, the writer lock, and the query snapshot handed to `fhirlake-sql`.
+//! - [`ingest`]: sources -> parse -> de-identify -> staged Parquet -> one Delta MERGE per table.
+//! - [`sample`]: the embedded Synthea sample used by `fhirlake quickstart`.
+//!
+//! The `fhirlake` binary (src/main.rs and src/cli/) is a thin layer over this library.
+
+pub mod error;
+pub mod ingest;
+pub mod lake;
+pub mod sample;
+
+pub use error::{Error, Result};

@@ -1,0 +1,43 @@
+//! fhirlake query side: a DataFusion session over one snapshot of a lake, and result formatting.
+//!
+//! The engine resolves which Delta tables exist and at which version; this crate registers each
+//! table version as a plain Parquet scan (see [`session`]) and writes query results in the formats
+//! the CLI offers (see [`format`]).
+
+pub mod format;
+pub mod session;
+
+pub use format::{OutputFormat, write_stream};
+pub use session::{LakeSession, LakeTable};
+
+/// Errors of the query side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// DataFusion planning or execution failed.
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Reading a Delta table's snapshot failed.
+    #[error("table {table}: {source}")]
+    Delta {
+        /// SQL name of the table.
+        table: String,
+        /// The underlying error.
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    /// Encoding results failed.
+    #[error("writing results: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Writing Parquet results failed.
+    #[error("writing results: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Writing to the output failed (a closed pipe is reported as `BrokenPipe`).
+    #[error("writing results: {0}")]
+    Io(#[from] std::io::Error),
+    /// The requested output cannot be produced (e.g. Parquet to a terminal).
+    #[error("{0}")]
+    Output(String),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
