@@ -77,6 +77,7 @@ pub async fn write_stream<W: Write + Send>(
             if !wrote_any {
                 writer.write(&RecordBatch::new_empty(schema))?;
             }
+            writer.into_inner().flush()?;
         }
         OutputFormat::Json | OutputFormat::Ndjson => {
             let mut out = out;
@@ -121,7 +122,9 @@ pub async fn write_stream<W: Write + Send>(
                 rows += batch.num_rows() as u64;
                 writer.write(&batch)?;
             }
-            writer.close()?;
+            writer.flush()?;
+            let mut out = writer.into_inner()?;
+            out.flush()?;
         }
     }
     Ok(rows)

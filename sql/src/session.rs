@@ -63,7 +63,9 @@ impl LakeSession {
             .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+        let mut ctx = SessionContext::new_with_config(config);
+        // JSON access into `raw.*.resource` (json_get_str, json_get_int, `->`, `->>` ...).
+        datafusion_functions_json::register_all(&mut ctx)?;
         for (url, store) in stores {
             ctx.register_object_store(&url, store);
         }

@@ -124,6 +124,9 @@ impl Lake {
 
     /// Loads a table at its newest version; `None` when it does not exist yet.
     pub async fn load_table(&self, id: &TableId) -> Result<Option<DeltaTable>> {
+        if !self.table_exists(id).await? {
+            return Ok(None);
+        }
         match self.builder(id)?.load().await {
             Ok(table) => Ok(Some(table)),
             Err(DeltaTableError::NotATable(_)) => Ok(None),
@@ -183,6 +186,23 @@ impl Lake {
         }
     }
 
+    /// Whether the table folder has a Delta log.
+    pub async fn table_exists(&self, id: &TableId) -> Result<bool> {
+        let log = self.root.clone().join(id.group.folder()).join(id.name.as_str());
+        self.has_delta_log(&log).await
+    }
+
+    async fn has_delta_log(&self, table_dir: &StorePath) -> Result<bool> {
+        let log = table_dir.clone().join("_delta_log");
+        Ok(self
+            .store
+            .list(Some(&log))
+            .try_next()
+            .await
+            .map_err(|e| self.store_error(e))?
+            .is_some())
+    }
+
     /// Every table that exists in the lake, sorted by group then name.
     pub async fn table_ids(&self) -> Result<Vec<TableId>> {
         let mut ids = Vec::new();
@@ -198,15 +218,7 @@ impl Lake {
                 let Some(id) = TableId::parse(&format!("{}.{}", group.sql_schema(), name)) else {
                     continue;
                 };
-                let log = dir.clone().join("_delta_log");
-                let has_log = self
-                    .store
-                    .list(Some(&log))
-                    .try_next()
-                    .await
-                    .map_err(|e| self.store_error(e))?
-                    .is_some();
-                if has_log {
+                if self.has_delta_log(&dir).await? {
                     ids.push(id);
                 }
             }

@@ -91,7 +91,9 @@ impl RunRecord {
         let string = |s: &str| Arc::new(StringArray::from(vec![s])) as ArrayRef;
         let int = |n: u64| Arc::new(Int64Array::from(vec![n as i64])) as ArrayRef;
 
-        let mut sources = ListBuilder::new(StringBuilder::new());
+        let mut sources = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(
+            arrow::datatypes::Field::new("element", DataType::Utf8, true),
+        ));
         for source in &self.sources {
             sources.values().append_value(source);
         }

@@ -1,0 +1,187 @@
+//! `fhirlake ingest`: validate the flags into a config, run the ingest, print the summary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::bail;
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use clap::Args;
+use fhirlake::ingest::{Ingest, IngestReport, RunStatus};
+use fhirlake_deid::{Deidentifier, Passthrough};
+
+use super::args::{GlobalArgs, LakeArgs};
+use super::progress::CliObserver;
+use super::{EXIT_FAILED, EXIT_REJECTS};
+
+/// `fhirlake ingest` flags.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Files, directories, globs, `file://` / `s3://` URLs or Bulk Data landing folders
+    /// (a folder with the export's manifest.json).
+    #[arg(required = true, value_name = "SOURCE")]
+    pub sources: Vec<String>,
+
+    #[command(flatten)]
+    pub lake: LakeArgs,
+
+    #[command(flatten)]
+    pub ingest: IngestOptions,
+}
+
+/// Ingest options shared with `quickstart`.
+#[derive(Debug, Args)]
+pub struct IngestOptions {
+    /// Landing zone: rejected lines go to <landing>/rejected/<run_id>.ndjson, staging files to
+    /// <landing>/staging/. It may hold identified data: keep it where the steward controls it.
+    #[arg(long, env = "FHIRLAKE_LANDING", default_value = "./landing", value_name = "DIR")]
+    pub landing: PathBuf,
+
+    /// De-identification policy (TOML file or built-in profile name).
+    #[arg(long, env = "FHIRLAKE_POLICY", value_name = "P")]
+    pub policy: Option<String>,
+
+    /// Write resources WITHOUT de-identification. Only for synthetic data or a lake that may hold
+    /// PHI; the lake records it (tables are stamped `fhirlake.deid.applied = false`).
+    #[arg(long, env = "FHIRLAKE_UNSAFE_NO_DEID")]
+    pub unsafe_no_deid: bool,
+
+    /// Fail (exit 2, nothing committed) when more than N lines are rejected.
+    #[arg(long, env = "FHIRLAKE_MAX_REJECTS", value_name = "N")]
+    pub max_rejects: Option<u64>,
+
+    /// Worker threads for parsing and de-identification (default: all cores).
+    #[arg(long, env = "FHIRLAKE_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl IngestOptions {
+    /// Picks the de-identification stage; refuses to write identified data unless told so.
+    pub fn deidentifier(&self) -> anyhow::Result<Arc<dyn Deidentifier>> {
+        match (&self.policy, self.unsafe_no_deid) {
+            (Some(_), true) => bail!("--policy and --unsafe-no-deid contradict each other"),
+            (Some(policy), false) => bail!(
+                "de-identification policy `{policy}`: the policy engine is not part of this build yet; \
+                 nothing was written (for synthetic data only, --unsafe-no-deid writes resources as they are)"
+            ),
+            (None, true) => Ok(Arc::new(Passthrough)),
+            (None, false) => bail!(
+                "refusing to write resources without de-identification: this build has no policy \
+                 engine yet. For synthetic data (or a lake allowed to hold PHI) pass --unsafe-no-deid; \
+                 the lake records that its data is identified"
+            ),
+        }
+    }
+
+    /// Applies the options to an ingest.
+    pub fn configure(&self, ingest: Ingest) -> anyhow::Result<Ingest> {
+        if self.threads == Some(0) {
+            bail!("--threads must be at least 1");
+        }
+        let mut ingest = ingest
+            .with_landing(self.landing.clone())
+            .with_max_rejects(self.max_rejects);
+        if let Some(threads) = self.threads {
+            ingest = ingest.with_workers(threads);
+        }
+        Ok(ingest)
+    }
+}
+
+/// Runs `fhirlake ingest`.
+pub async fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    // Validate everything before any I/O.
+    let deid = args.ingest.deidentifier()?;
+    let lake = args.lake.open()?;
+    let observer = Arc::new(CliObserver::new(global.quiet));
+    let ingest = Ingest::new(args.sources.clone(), lake.clone(), deid)
+        .with_store_options(args.lake.storage.options())
+        .with_observer(observer.clone());
+    let ingest = args.ingest.configure(ingest)?;
+    let result = ingest.run().await;
+    observer.finish();
+    match result {
+        Ok(report) => {
+            print_summary(&report, lake.url().as_str())?;
+            Ok(exit_code(&report))
+        }
+        Err(e @ fhirlake::Error::TooManyRejects { .. }) => {
+            eprintln!("error: {e}");
+            eprintln!(
+                "rejected lines are kept in {}",
+                args.ingest.landing.join("rejected").display()
+            );
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Exit code of a finished run: 0, or 3 when lines were rejected.
+pub fn exit_code(report: &IngestReport) -> ExitCode {
+    match report.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        RunStatus::SucceededWithRejects => ExitCode::from(EXIT_REJECTS),
+    }
+}
+
+/// Prints the per-type summary table and the run line.
+pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
+    let record = &report.record;
+    let mut types = vec![];
+    let mut columns: [Vec<i64>; 6] = Default::default();
+    let mut push = |name: &str, c: &fhirlake::lake::runs::TypeCounts| {
+        types.push(name.to_string());
+        for (column, n) in columns.iter_mut().zip([
+            c.read,
+            c.written,
+            c.updated,
+            c.unchanged,
+            c.deleted,
+            c.rejected,
+        ]) {
+            column.push(n as i64);
+        }
+    };
+    for (resource_type, counts) in &record.counts {
+        push(resource_type, counts);
+    }
+    let total = record.totals();
+    push("total", &total);
+    let names = ["read", "written", "updated", "unchanged", "deleted", "rejected"];
+    let mut fields = vec![Field::new("resource_type", DataType::Utf8, false)];
+    fields.extend(names.iter().map(|n| Field::new(*n, DataType::Int64, false)));
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(types))];
+    arrays.extend(
+        columns
+            .into_iter()
+            .map(|c| Arc::new(Int64Array::from(c)) as ArrayRef),
+    );
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+    let stdout = std::io::stdout();
+    fhirlake_sql::format::write_table(&schema, &[batch], stdout.lock())?;
+
+    let secs = report.elapsed.as_secs_f64().max(1e-3);
+    println!(
+        "run {} {}: {} resources in {:.1} s ({:.1} MB/s, {:.0} resources/s) into {lake}",
+        record.run_id,
+        record.status,
+        total.read,
+        secs,
+        report.bytes as f64 / 1e6 / secs,
+        total.read as f64 / secs,
+    );
+    if !record.stamp.deidentified {
+        println!("note: written WITHOUT de-identification (--unsafe-no-deid); the lake records this");
+    }
+    if let Some(path) = &report.rejects_file {
+        println!(
+            "{} lines rejected; kept with file, line and reason in {}",
+            total.rejected,
+            path.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! `fhirlake quickstart`: ingest the embedded Synthea sample into a lake and show what SQL on it
+//! looks like. The sample is synthetic, so it is written without de-identification (recorded as
+//! such in the lake) until the policy engine lands.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use fhirlake::ingest::Ingest;
+use fhirlake_deid::Passthrough;
+use fhirlake_sql::OutputFormat;
+
+use super::args::{GlobalArgs, LakeArgs};
+use super::ingest::{exit_code, print_summary};
+use super::progress::CliObserver;
+
+/// `fhirlake quickstart` flags.
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+
+    /// Where the sample files are unpacked (and rejected lines would be kept).
+    #[arg(long, env = "FHIRLAKE_LANDING", default_value = "./landing", value_name = "DIR")]
+    pub landing: std::path::PathBuf,
+}
+
+/// The example queries, with a title each.
+pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
+    (
+        "Patients by gender",
+        "SELECT json_get_str(resource, 'gender') AS gender, count(*) AS patients \
+         FROM raw.patient GROUP BY 1 ORDER BY patients DESC",
+    ),
+    (
+        "Most common conditions (patients affected)",
+        "SELECT json_get_str(resource, 'code', 'coding', 0, 'display') AS condition, \
+                count(DISTINCT patient_id) AS patients \
+         FROM raw.condition GROUP BY 1 ORDER BY patients DESC, condition LIMIT 5",
+    ),
+    (
+        "Vital signs joined to patients: mean value by gender",
+        "SELECT json_get_str(o.resource, 'code', 'coding', 0, 'display') AS observation, \
+                json_get_str(p.resource, 'gender') AS gender, count(*) AS n, \
+                round(avg(json_get_float(o.resource, 'valueQuantity', 'value')), 1) AS mean, \
+                json_get_str(o.resource, 'valueQuantity', 'unit') AS unit \
+         FROM raw.observation o JOIN raw.patient p ON o.patient_id = p.id \
+         WHERE json_get_str(o.resource, 'code', 'coding', 0, 'code') IN ('8302-2', '29463-7', '39156-5') \
+         GROUP BY 1, 2, 5 ORDER BY 1, 2",
+    ),
+];
+
+/// Runs the quickstart.
+pub async fn run(args: QuickstartArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let lake = args.lake.open()?;
+    let sample_dir = args.landing.join("quickstart-sample");
+    fhirlake::sample::extract_sample(&sample_dir)?;
+    println!(
+        "fhirlake quickstart: ingesting the embedded Synthea sample ({} resources, 100 patients) into {}",
+        fhirlake::sample::SAMPLE_RESOURCES,
+        lake.url()
+    );
+    println!(
+        "(synthetic data: written without de-identification until the policy engine lands)\n"
+    );
+    let observer = Arc::new(CliObserver::new(global.quiet));
+    let report = Ingest::new(
+        vec![sample_dir.display().to_string()],
+        lake.clone(),
+        Arc::new(Passthrough),
+    )
+    .with_landing(args.landing.clone())
+    .with_observer(observer.clone())
+    .run()
+    .await;
+    observer.finish();
+    let report = report?;
+    print_summary(&report, lake.url().as_str())?;
+
+    let session = lake.session().await?;
+    for (title, query) in EXAMPLE_QUERIES {
+        println!("\n-- {title}\n{query};");
+        let stream = session.sql(query).await?.execute_stream().await?;
+        let stdout = std::io::BufWriter::new(std::io::stdout());
+        fhirlake_sql::write_stream(stream, OutputFormat::Table, stdout).await?;
+    }
+    println!(
+        "\nTry: fhirlake sql --lake {} \"SELECT count(*) AS n FROM raw.observation\"",
+        args.lake.lake
+    );
+    Ok(exit_code(&report))
+}
