@@ -10,7 +10,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
-use crate::Result;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{Error, Result};
 
 /// An output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,7 +49,55 @@ impl std::str::FromStr for OutputFormat {
 }
 
 /// Writes every batch of `stream` to `out` in `format`; returns the number of rows written.
+///
+/// A reader that goes away (`| head`) surfaces as [`Error::Io`] with kind `BrokenPipe`, whatever
+/// encoder was writing (the CSV and JSON encoders turn I/O errors into strings otherwise).
 pub async fn write_stream<W: Write + Send>(
+    stream: SendableRecordBatchStream,
+    format: OutputFormat,
+    out: W,
+) -> Result<u64> {
+    let broken = Arc::new(AtomicBool::new(false));
+    let out = PipeWatch {
+        inner: out,
+        broken: broken.clone(),
+    };
+    let result = write_stream_inner(stream, format, out).await;
+    if broken.load(Ordering::Relaxed) {
+        return Err(Error::Io(std::io::ErrorKind::BrokenPipe.into()));
+    }
+    result
+}
+
+/// Remembers whether the output was closed by the reader.
+struct PipeWatch<W> {
+    inner: W,
+    broken: Arc<AtomicBool>,
+}
+
+impl<W: Write> Write for PipeWatch<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.watch(|w| w.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.watch(Write::flush)
+    }
+}
+
+impl<W: Write> PipeWatch<W> {
+    fn watch<T>(&mut self, op: impl FnOnce(&mut W) -> std::io::Result<T>) -> std::io::Result<T> {
+        let result = op(&mut self.inner);
+        if let Err(e) = &result
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+async fn write_stream_inner<W: Write + Send>(
     mut stream: SendableRecordBatchStream,
     format: OutputFormat,
     out: W,

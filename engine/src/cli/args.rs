@@ -15,7 +15,7 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// No progress bar and no per-file log lines.
+    /// No progress bar and no per-file log lines (rejected lines and warnings are still shown).
     #[arg(short, long, global = true, env = "FHIRLAKE_QUIET")]
     pub quiet: bool,
 }

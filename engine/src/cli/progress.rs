@@ -51,12 +51,19 @@ impl CliObserver {
         }
     }
 
+    /// Progress chatter: suppressed by `--quiet`.
     fn line(&self, text: &str) {
+        if !self.quiet {
+            self.always(text);
+        }
+    }
+
+    /// Rejects and warnings: shown even with `--quiet`.
+    fn always(&self, text: &str) {
         let _guard = self.lock.lock();
         match &self.bar {
             Some(bar) => bar.println(text),
-            None if !self.quiet => eprintln!("{text}"),
-            None => {}
+            None => eprintln!("{text}"),
         }
     }
 
@@ -66,7 +73,7 @@ impl CliObserver {
             bar.finish_and_clear();
         }
         let rejects = self.rejects.load(Ordering::Relaxed);
-        if rejects > REJECTS_SHOWN && !self.quiet {
+        if rejects > REJECTS_SHOWN {
             eprintln!("... and {} more rejected lines", rejects - REJECTS_SHOWN);
         }
     }
@@ -106,12 +113,12 @@ impl IngestObserver for CliObserver {
         let n = self.rejects.fetch_add(1, Ordering::Relaxed) + 1;
         if n <= REJECTS_SHOWN {
             let at = json_path.map(|p| format!(" at {p}")).unwrap_or_default();
-            self.line(&format!("rejected {pos}{at}: {reason}"));
+            self.always(&format!("rejected {pos}{at}: {reason}"));
         }
     }
 
     fn warn(&self, message: &str) {
-        self.line(&format!("warning: {message}"));
+        self.always(&format!("warning: {message}"));
     }
 
     fn phase(&self, message: &str) {
