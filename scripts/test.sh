@@ -4,10 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# mold links the big test binaries several times faster; used when present (.ci/run installs it).
-if command -v mold >/dev/null 2>&1; then
-    export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"
-fi
+source scripts/env.sh
 
 scripts/test-env.sh
 trap 'scripts/s3-server.sh stop' EXIT

@@ -18,7 +18,7 @@ pub enum Error {
         table: String,
         /// The underlying error.
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     /// Another writer holds the lake.
     #[error(
@@ -55,10 +55,10 @@ pub enum Error {
     NoSources(String),
     /// A source problem that stops the run.
     #[error(transparent)]
-    Source(#[from] fhirlake_connectors::Error),
+    Source(Box<fhirlake_connectors::Error>),
     /// Query side error.
     #[error(transparent)]
-    Sql(#[from] fhirlake_sql::Error),
+    Sql(Box<fhirlake_sql::Error>),
     /// DataFusion error while staging or merging.
     #[error("{context}: {source}")]
     DataFusion {
@@ -66,7 +66,7 @@ pub enum Error {
         context: String,
         /// The underlying error.
         #[source]
-        source: datafusion::error::DataFusionError,
+        source: Box<datafusion::error::DataFusionError>,
     },
     /// Local I/O (landing zone, staging, lock file).
     #[error("{path}: {source}")]
@@ -104,7 +104,7 @@ impl Error {
     pub(crate) fn delta(table: impl std::fmt::Display, source: deltalake::DeltaTableError) -> Self {
         Self::Delta {
             table: table.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -114,7 +114,19 @@ impl Error {
     ) -> Self {
         Self::DataFusion {
             context: context.to_string(),
-            source,
+            source: Box::new(source),
         }
+    }
+}
+
+impl From<fhirlake_connectors::Error> for Error {
+    fn from(e: fhirlake_connectors::Error) -> Self {
+        Self::Source(Box::new(e))
+    }
+}
+
+impl From<fhirlake_sql::Error> for Error {
+    fn from(e: fhirlake_sql::Error) -> Self {
+        Self::Sql(Box::new(e))
     }
 }

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{MemorySchemaProvider, TableProvider};
+use datafusion::common::TableReference;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use datafusion::common::TableReference;
 use deltalake::DeltaTable;
 use object_store::ObjectStore;
 use url::Url;
@@ -77,11 +77,8 @@ impl LakeSession {
         }
         for lake_table in tables {
             let provider = parquet_scan(&lake_table)?;
-            let reference = TableReference::full(
-                CATALOG,
-                lake_table.schema.clone(),
-                lake_table.name.clone(),
-            );
+            let reference =
+                TableReference::full(CATALOG, lake_table.schema.clone(), lake_table.name.clone());
             ctx.register_table(reference, provider)?;
         }
         Ok(Self { ctx })
@@ -105,7 +102,12 @@ fn parquet_scan(lake_table: &LakeTable) -> Result<Arc<dyn TableProvider>> {
         table: sql_name.clone(),
         source,
     };
-    let schema: SchemaRef = lake_table.table.snapshot().map_err(delta_err)?.snapshot().arrow_schema();
+    let schema: SchemaRef = lake_table
+        .table
+        .snapshot()
+        .map_err(delta_err)?
+        .snapshot()
+        .arrow_schema();
     let urls = lake_table
         .table
         .get_file_uris()

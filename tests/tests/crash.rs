@@ -48,18 +48,21 @@ fn table_counts(cwd: &Path, lake: &str) -> Vec<(String, i64)> {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|t| t["table"].as_str().unwrap().starts_with("raw."))
-        .map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_i64().unwrap()))
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_string(),
+                t["rows"].as_i64().unwrap(),
+            )
+        })
         .collect()
 }
 
 #[test]
 fn sigkill_at_any_point_leaves_a_consistent_lake() {
     let dir = tempfile::tempdir().unwrap();
-    let baseline = run(
-        fhirlake(dir.path())
-            .args(["ingest", "--lake", "L", "--unsafe-no-deid", "-q"])
-            .arg(sample_dir()),
-    );
+    let baseline = run(fhirlake(dir.path())
+        .args(["ingest", "--lake", "L", "--unsafe-no-deid", "-q"])
+        .arg(sample_dir()));
     assert_code(&baseline, 0);
     let expected = table_counts(dir.path(), "L");
     assert_eq!(expected.len(), 19);
@@ -68,7 +71,9 @@ fn sigkill_at_any_point_leaves_a_consistent_lake() {
     // Time the same update run on a copy of the lake to spread the kill points over it.
     copy_dir(&dir.path().join("L"), &dir.path().join("Ltiming"));
     let started = Instant::now();
-    let timing = start_ingest(dir.path(), "Ltiming", &updated).wait_with_output().unwrap();
+    let timing = start_ingest(dir.path(), "Ltiming", &updated)
+        .wait_with_output()
+        .unwrap();
     assert_code(&timing, 0);
     let full = started.elapsed();
 
@@ -81,8 +86,16 @@ fn sigkill_at_any_point_leaves_a_consistent_lake() {
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         // Every table still answers with the same row counts (same ids, old or new versions).
-        assert_eq!(table_counts(dir.path(), "L"), expected, "after a kill at {fraction}");
-        let unique = sql_count(dir.path(), "L", "SELECT count(DISTINCT id) FROM raw.observation");
+        assert_eq!(
+            table_counts(dir.path(), "L"),
+            expected,
+            "after a kill at {fraction}"
+        );
+        let unique = sql_count(
+            dir.path(),
+            "L",
+            "SELECT count(DISTINCT id) FROM raw.observation",
+        );
         assert_eq!(unique, 16_315);
         // A run is recorded only when it is complete.
         let now = sql_count(dir.path(), "L", "SELECT count(*) FROM lake.runs");
@@ -93,11 +106,16 @@ fn sigkill_at_any_point_leaves_a_consistent_lake() {
         }
     }
     // The next ingest completes normally and brings every table to the new versions.
-    let output = start_ingest(dir.path(), "L", &updated).wait_with_output().unwrap();
+    let output = start_ingest(dir.path(), "L", &updated)
+        .wait_with_output()
+        .unwrap();
     assert_code(&output, 0);
     assert_eq!(table_counts(dir.path(), "L"), expected);
     assert_eq!(sql_count(dir.path(), "L", updated_rows), 16_315);
-    assert_eq!(sql_count(dir.path(), "L", "SELECT count(*) FROM lake.runs"), runs + 1);
+    assert_eq!(
+        sql_count(dir.path(), "L", "SELECT count(*) FROM lake.runs"),
+        runs + 1
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -124,7 +142,9 @@ fn a_second_writer_on_the_same_lake_fails_clearly() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let patient = sample_dir().join("36.Patient.ndjson.gz");
-    let second = start_ingest(dir.path(), "L", &patient).wait_with_output().unwrap();
+    let second = start_ingest(dir.path(), "L", &patient)
+        .wait_with_output()
+        .unwrap();
     let first = first.wait_with_output().unwrap();
     assert_code(&first, 0);
     assert_code(&second, 2);
@@ -134,6 +154,17 @@ fn a_second_writer_on_the_same_lake_fails_clearly() {
         text(&second.stderr)
     );
     // The lake is intact and the lock is free again.
-    assert_eq!(table_counts(dir.path(), "L").iter().map(|(_, n)| n).sum::<i64>(), 38_483);
-    assert_code(&start_ingest(dir.path(), "L", &patient).wait_with_output().unwrap(), 0);
+    assert_eq!(
+        table_counts(dir.path(), "L")
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<i64>(),
+        38_483
+    );
+    assert_code(
+        &start_ingest(dir.path(), "L", &patient)
+            .wait_with_output()
+            .unwrap(),
+        0,
+    );
 }

@@ -35,11 +35,7 @@ fn synthea_export_lands_in_19_raw_tables_and_reingest_changes_nothing() {
     let summary = text(&output.stdout);
     assert!(summary.contains("38483"), "{summary}");
 
-    let rows = sql(
-        dir.path(),
-        "L",
-        "SELECT count(*) AS n FROM raw.observation",
-    );
+    let rows = sql(dir.path(), "L", "SELECT count(*) AS n FROM raw.observation");
     assert_eq!(rows, vec![serde_json::json!({"n": OBSERVATIONS})]);
     // The exact CLI contract: keys in column order, one object per line.
     let out = run(fhirlake(dir.path()).args([
@@ -54,11 +50,19 @@ fn synthea_export_lands_in_19_raw_tables_and_reingest_changes_nothing() {
 
     let tables = run(fhirlake(dir.path()).args(["tables", "--lake", "L", "--format", "csv"]));
     let listing = text(&tables.stdout);
-    assert_eq!(listing.lines().filter(|l| l.starts_with("raw.")).count(), 19, "{listing}");
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with("raw.")).count(),
+        19,
+        "{listing}"
+    );
     assert!(listing.contains("lake.runs"), "{listing}");
     assert_eq!(raw_total(dir.path(), "L"), RESOURCES);
     assert_eq!(
-        sql_count(dir.path(), "L", "SELECT count(*) FROM raw.observation WHERE patient_id IS NULL"),
+        sql_count(
+            dir.path(),
+            "L",
+            "SELECT count(*) FROM raw.observation WHERE patient_id IS NULL"
+        ),
         0
     );
     assert_eq!(
@@ -101,7 +105,8 @@ fn synthea_export_lands_in_19_raw_tables_and_reingest_changes_nothing() {
 fn ingest_refuses_identified_data_without_the_explicit_flag() {
     let dir = tempfile::tempdir().unwrap();
     let sample = sample_dir().join("36.Patient.ndjson.gz");
-    let output = run(fhirlake(dir.path()).args(["ingest", "--lake", "L", sample.to_str().unwrap()]));
+    let output =
+        run(fhirlake(dir.path()).args(["ingest", "--lake", "L", sample.to_str().unwrap()]));
     assert_code(&output, 2);
     assert!(text(&output.stderr).contains("--unsafe-no-deid"));
     assert!(!dir.path().join("L").exists(), "nothing may be written");
@@ -127,7 +132,9 @@ fn corrupted_lines_are_reported_kept_and_counted() {
     }
     let mut bytes = lines.join("\n").into_bytes();
     // Invalid UTF-8 inside a string value.
-    bytes.extend_from_slice(b"\n{\"resourceType\":\"Patient\",\"id\":\"x4\",\"name\":\"\xff\xfe\"}\n");
+    bytes.extend_from_slice(
+        b"\n{\"resourceType\":\"Patient\",\"id\":\"x4\",\"name\":\"\xff\xfe\"}\n",
+    );
     std::fs::write(src.join("Patient.ndjson"), &bytes).unwrap();
     std::fs::write(src.join("Empty.ndjson"), b"").unwrap();
     // A gzip stream cut in the middle: the lines before the cut are kept, the cut is reported.
@@ -150,36 +157,70 @@ fn corrupted_lines_are_reported_kept_and_counted() {
     assert_code(&output, 3);
     let stderr = text(&output.stderr);
     let stdout = text(&output.stdout);
-    assert!(!stderr.contains(secret) && !stdout.contains(secret), "PHI in output:\n{stderr}\n{stdout}");
-    for reason in ["malformed JSON", "not a JSON object", "missing resourceType", "unknown resourceType", "missing id", "UTF-8", "empty file", "gzip"] {
+    assert!(
+        !stderr.contains(secret) && !stdout.contains(secret),
+        "PHI in output:\n{stderr}\n{stdout}"
+    );
+    for reason in [
+        "malformed JSON",
+        "not a JSON object",
+        "missing resourceType",
+        "unknown resourceType",
+        "missing id",
+        "UTF-8",
+        "empty file",
+        "gzip",
+    ] {
         assert!(stderr.contains(reason), "no `{reason}` in:\n{stderr}");
     }
-    assert!(stderr.contains("Patient.ndjson:11"), "file:line in messages:\n{stderr}");
+    assert!(
+        stderr.contains("Patient.ndjson:11"),
+        "file:line in messages:\n{stderr}"
+    );
 
     // Every good line is in the lake.
-    assert_eq!(sql_count(dir.path(), "L", "SELECT count(*) FROM raw.patient"), good as i64);
+    assert_eq!(
+        sql_count(dir.path(), "L", "SELECT count(*) FROM raw.patient"),
+        good as i64
+    );
     let conditions_kept = sql_count(dir.path(), "L", "SELECT count(*) FROM raw.condition");
-    assert!(conditions_kept > 0 && conditions_kept < 639, "{conditions_kept}");
+    assert!(
+        conditions_kept > 0 && conditions_kept < 639,
+        "{conditions_kept}"
+    );
 
     // Every rejected line is kept in the landing zone with file, line and reason.
     let rejected_dir = dir.path().join("landing").join("rejected");
     let files: Vec<_> = std::fs::read_dir(&rejected_dir).unwrap().collect();
     assert_eq!(files.len(), 1);
     let rejected = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
-    let records: Vec<serde_json::Value> =
-        rejected.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<serde_json::Value> = rejected
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(records.len(), 8, "{rejected}");
     for record in &records {
-        assert!(record["file"].is_string() && record["line"].is_u64() && record["reason"].is_string());
+        assert!(
+            record["file"].is_string() && record["line"].is_u64() && record["reason"].is_string()
+        );
     }
-    let originals: Vec<&str> = records.iter().filter_map(|r| r["original"].as_str()).collect();
+    let originals: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["original"].as_str())
+        .collect();
     for bad in &bad_lines {
-        assert!(originals.contains(&bad.as_str()), "original line kept: {bad}");
+        assert!(
+            originals.contains(&bad.as_str()),
+            "original line kept: {bad}"
+        );
     }
     assert!(records.iter().any(|r| r["original_base64"].is_string()));
 
     let runs = sql(dir.path(), "L", "SELECT rejected, status FROM lake.runs");
-    assert_eq!(runs, vec![serde_json::json!({"rejected": 8, "status": "succeeded_with_rejects"})]);
+    assert_eq!(
+        runs,
+        vec![serde_json::json!({"rejected": 8, "status": "succeeded_with_rejects"})]
+    );
 
     // Over --max-rejects: exit 2, nothing committed.
     let strict = ingest(
@@ -191,7 +232,10 @@ fn corrupted_lines_are_reported_kept_and_counted() {
     assert_code(&strict, 2);
     assert!(text(&strict.stderr).contains("max-rejects"));
     let tables = run(fhirlake(dir.path()).args(["tables", "--lake", "L2", "--format", "csv"]));
-    assert_eq!(text(&tables.stdout).trim(), "table,rows,version,files,size_bytes");
+    assert_eq!(
+        text(&tables.stdout).trim(),
+        "table,rows,version,files,size_bytes"
+    );
 }
 
 #[test]
@@ -208,14 +252,21 @@ fn missing_sources_are_errors_but_do_not_stop_other_sources() {
     let output = ingest(
         dir.path(),
         "L",
-        &[patient.to_str().unwrap(), empty.to_str().unwrap(), "missing.ndjson"],
+        &[
+            patient.to_str().unwrap(),
+            empty.to_str().unwrap(),
+            "missing.ndjson",
+        ],
         &[],
     );
     assert_code(&output, 3);
     let stderr = text(&output.stderr);
     assert!(stderr.contains("no FHIR files"), "{stderr}");
     assert!(stderr.contains("missing.ndjson"), "{stderr}");
-    assert_eq!(sql_count(dir.path(), "L", "SELECT count(*) FROM raw.patient"), 100);
+    assert_eq!(
+        sql_count(dir.path(), "L", "SELECT count(*) FROM raw.patient"),
+        100
+    );
 }
 
 #[test]
@@ -236,18 +287,40 @@ fn newest_last_updated_wins_and_ties_go_to_the_last_read() {
     std::fs::write(dir.path().join("a.ndjson"), first).unwrap();
     assert_code(&ingest(dir.path(), "L", &["a.ndjson"], &[]), 0);
     let family = |dir: &Path| {
-        sql(dir, "L", "SELECT json_get_str(resource, 'name', 0, 'family') AS f FROM raw.patient")
+        sql(
+            dir,
+            "L",
+            "SELECT json_get_str(resource, 'name', 0, 'family') AS f FROM raw.patient",
+        )
     };
-    assert_eq!(family(dir.path()), vec![serde_json::json!({"f": "NewerTie"})]);
+    assert_eq!(
+        family(dir.path()),
+        vec![serde_json::json!({"f": "NewerTie"})]
+    );
 
     // A later run with an older version changes nothing; a newer one replaces it.
-    std::fs::write(dir.path().join("b.ndjson"), version("Stale", "2023-01-01T00:00:00Z")).unwrap();
+    std::fs::write(
+        dir.path().join("b.ndjson"),
+        version("Stale", "2023-01-01T00:00:00Z"),
+    )
+    .unwrap();
     assert_code(&ingest(dir.path(), "L", &["b.ndjson"], &[]), 0);
-    assert_eq!(family(dir.path()), vec![serde_json::json!({"f": "NewerTie"})]);
-    std::fs::write(dir.path().join("c.ndjson"), version("Newest", "2025-01-01T00:00:00+02:00")).unwrap();
+    assert_eq!(
+        family(dir.path()),
+        vec![serde_json::json!({"f": "NewerTie"})]
+    );
+    std::fs::write(
+        dir.path().join("c.ndjson"),
+        version("Newest", "2025-01-01T00:00:00+02:00"),
+    )
+    .unwrap();
     assert_code(&ingest(dir.path(), "L", &["c.ndjson"], &[]), 0);
     assert_eq!(family(dir.path()), vec![serde_json::json!({"f": "Newest"})]);
-    let runs = sql(dir.path(), "L", "SELECT written, updated, unchanged FROM lake.runs ORDER BY started_at");
+    let runs = sql(
+        dir.path(),
+        "L",
+        "SELECT written, updated, unchanged FROM lake.runs ORDER BY started_at",
+    );
     assert_eq!(
         runs,
         vec![
@@ -267,9 +340,17 @@ fn bulk_landing_folder_applies_output_and_deleted() {
     let ids: Vec<String> = patients
         .iter()
         .take(2)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    write_gz(&landing.join("1.Patient.ndjson.gz"), patients.join("\n").as_bytes());
+    write_gz(
+        &landing.join("1.Patient.ndjson.gz"),
+        patients.join("\n").as_bytes(),
+    );
     let manifest = serde_json::json!({
         "transactionTime": "2026-01-01T00:00:00Z",
         "request": "https://fhir.example.org/$export",
@@ -279,8 +360,14 @@ fn bulk_landing_folder_applies_output_and_deleted() {
         "error": []
     });
     std::fs::write(landing.join("manifest.json"), manifest.to_string()).unwrap();
-    assert_code(&ingest(dir.path(), "L", &[landing.to_str().unwrap()], &[]), 0);
-    assert_eq!(sql_count(dir.path(), "L", "SELECT count(*) FROM raw.patient"), 100);
+    assert_code(
+        &ingest(dir.path(), "L", &[landing.to_str().unwrap()], &[]),
+        0,
+    );
+    assert_eq!(
+        sql_count(dir.path(), "L", "SELECT count(*) FROM raw.patient"),
+        100
+    );
 
     // An incremental export: no output, two deletions.
     let delta = dir.path().join("export2");
@@ -301,8 +388,15 @@ fn bulk_landing_folder_applies_output_and_deleted() {
     std::fs::write(delta.join("manifest.json"), manifest.to_string()).unwrap();
     let output = ingest(dir.path(), "L", &[delta.to_str().unwrap()], &[]);
     assert_code(&output, 0);
-    assert_eq!(sql_count(dir.path(), "L", "SELECT count(*) FROM raw.patient"), 98);
-    let deleted = sql_count(dir.path(), "L", "SELECT deleted FROM lake.runs ORDER BY started_at DESC LIMIT 1");
+    assert_eq!(
+        sql_count(dir.path(), "L", "SELECT count(*) FROM raw.patient"),
+        98
+    );
+    let deleted = sql_count(
+        dir.path(),
+        "L",
+        "SELECT deleted FROM lake.runs ORDER BY started_at DESC LIMIT 1",
+    );
     assert_eq!(deleted, 2);
 }
 
@@ -323,7 +417,11 @@ fn bundles_with_urn_uuid_references_resolve_to_patients() {
              "encounter": {"reference": format!("urn:uuid:{encounter}")}}, "request": {"method": "POST", "url": "Observation"}}
         ]
     });
-    std::fs::write(dir.path().join("bundle.json"), serde_json::to_string_pretty(&bundle).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("bundle.json"),
+        serde_json::to_string_pretty(&bundle).unwrap(),
+    )
+    .unwrap();
     assert_code(&ingest(dir.path(), "L", &["bundle.json"], &[]), 0);
     let rows = sql(
         dir.path(),
@@ -372,7 +470,8 @@ fn delta_tables_are_readable_by_another_engine_in_a_fresh_process() {
     });
     // The log's first commit has protocol and metadata actions, as other engines expect.
     let first = std::fs::read_to_string(
-        dir.path().join("L/raw/observation/_delta_log/00000000000000000000.json"),
+        dir.path()
+            .join("L/raw/observation/_delta_log/00000000000000000000.json"),
     )
     .unwrap();
     assert!(first.contains("\"protocol\"") && first.contains("\"metaData\""));
@@ -385,10 +484,19 @@ fn quickstart_runs_end_to_end() {
     let output = run(fhirlake(dir.path()).args(["quickstart", "-q"]));
     assert_code(&output, 0);
     let stdout = text(&output.stdout);
-    for expected in ["38483", "Patients by gender", "Most common conditions", "Body Height", "female"] {
+    for expected in [
+        "38483",
+        "Patients by gender",
+        "Most common conditions",
+        "Body Height",
+        "female",
+    ] {
         assert!(stdout.contains(expected), "no `{expected}` in:\n{stdout}");
     }
-    assert_eq!(sql_count(dir.path(), "./lake", "SELECT count(*) FROM raw.patient"), 100);
+    assert_eq!(
+        sql_count(dir.path(), "./lake", "SELECT count(*) FROM raw.patient"),
+        100
+    );
 }
 
 #[test]
@@ -402,20 +510,26 @@ fn config_file_and_environment_supply_defaults() {
     .unwrap();
     let output = run(fhirlake(dir.path()).args(["ingest", "-q", patient.to_str().unwrap()]));
     assert_code(&output, 0);
-    assert!(dir.path().join("from-config/raw/patient/_delta_log").exists());
-    // Environment beats the config file; the command line beats both.
-    let output = run(
-        fhirlake(dir.path())
-            .env("FHIRLAKE_LAKE", "from-env")
-            .args(["ingest", "-q", patient.to_str().unwrap()]),
+    assert!(
+        dir.path()
+            .join("from-config/raw/patient/_delta_log")
+            .exists()
     );
+    // Environment beats the config file; the command line beats both.
+    let output = run(fhirlake(dir.path()).env("FHIRLAKE_LAKE", "from-env").args([
+        "ingest",
+        "-q",
+        patient.to_str().unwrap(),
+    ]));
     assert_code(&output, 0);
     assert!(dir.path().join("from-env/raw/patient/_delta_log").exists());
-    let output = run(
-        fhirlake(dir.path())
-            .env("FHIRLAKE_LAKE", "from-env")
-            .args(["tables", "--lake", "from-config", "--format", "csv"]),
-    );
+    let output = run(fhirlake(dir.path()).env("FHIRLAKE_LAKE", "from-env").args([
+        "tables",
+        "--lake",
+        "from-config",
+        "--format",
+        "csv",
+    ]));
     assert!(text(&output.stdout).contains("raw.patient,100,"));
     // A typo in the config file is an error, not silently ignored.
     std::fs::write(dir.path().join("fhirlake.toml"), "lakes = \"x\"\n").unwrap();
@@ -428,7 +542,10 @@ fn config_file_and_environment_supply_defaults() {
 fn sql_output_formats_and_broken_pipe() {
     let dir = tempfile::tempdir().unwrap();
     let patient = sample_dir().join("36.Patient.ndjson.gz");
-    assert_code(&ingest(dir.path(), "L", &[patient.to_str().unwrap()], &[]), 0);
+    assert_code(
+        &ingest(dir.path(), "L", &[patient.to_str().unwrap()], &[]),
+        0,
+    );
     let query = "SELECT id, json_get_str(resource, 'gender') AS gender FROM raw.patient ORDER BY id LIMIT 2";
     let format = |f: &str| {
         let output = run(fhirlake(dir.path()).args(["sql", "--lake", "L", "--format", f, query]));
@@ -436,7 +553,10 @@ fn sql_output_formats_and_broken_pipe() {
         output.stdout
     };
     let csv = text(&format("csv"));
-    assert!(csv.starts_with("id,gender\n") && csv.lines().count() == 3, "{csv}");
+    assert!(
+        csv.starts_with("id,gender\n") && csv.lines().count() == 3,
+        "{csv}"
+    );
     let json: serde_json::Value = serde_json::from_slice(&format("json")).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2);
     let parquet = format("parquet");
@@ -447,13 +567,21 @@ fn sql_output_formats_and_broken_pipe() {
     assert_eq!(rows, vec![serde_json::json!({"x": null, "y": 1})]);
 
     // Bad SQL: exit 2 with the planner's message.
-    let output = run(fhirlake(dir.path()).args(["sql", "--lake", "L", "SELECT nope FROM raw.patient"]));
+    let output =
+        run(fhirlake(dir.path()).args(["sql", "--lake", "L", "SELECT nope FROM raw.patient"]));
     assert_code(&output, 2);
     assert!(text(&output.stderr).contains("nope"));
 
     // A reader that goes away early (`| head -c1`) is not an error.
     let mut child = fhirlake(dir.path())
-        .args(["sql", "--lake", "L", "--format", "csv", "SELECT p1.resource FROM raw.patient p1 CROSS JOIN raw.patient p2"])
+        .args([
+            "sql",
+            "--lake",
+            "L",
+            "--format",
+            "csv",
+            "SELECT p1.resource FROM raw.patient p1 CROSS JOIN raw.patient p2",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -472,8 +600,18 @@ fn sql_output_formats_and_broken_pipe() {
 fn history_lists_commits_with_run_ids() {
     let dir = tempfile::tempdir().unwrap();
     let patient = sample_dir().join("36.Patient.ndjson.gz");
-    assert_code(&ingest(dir.path(), "L", &[patient.to_str().unwrap()], &[]), 0);
-    let output = run(fhirlake(dir.path()).args(["history", "raw.patient", "--lake", "L", "--format", "ndjson"]));
+    assert_code(
+        &ingest(dir.path(), "L", &[patient.to_str().unwrap()], &[]),
+        0,
+    );
+    let output = run(fhirlake(dir.path()).args([
+        "history",
+        "raw.patient",
+        "--lake",
+        "L",
+        "--format",
+        "ndjson",
+    ]));
     assert_code(&output, 0);
     let commits: Vec<serde_json::Value> = text(&output.stdout)
         .lines()

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use fhirlake_tests::*;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::aws::AmazonS3Builder;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 #[test]
 fn s3_source_into_s3_lake() {
@@ -37,7 +37,11 @@ fn s3_source_into_s3_lake() {
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        for name in ["36.Patient.ndjson.gz", "10.Condition.ndjson.gz", "30.Observation.ndjson.gz"] {
+        for name in [
+            "36.Patient.ndjson.gz",
+            "10.Condition.ndjson.gz",
+            "30.Observation.ndjson.gz",
+        ] {
             let bytes = std::fs::read(sample_dir().join(name)).unwrap();
             let path = object_store::path::Path::from(format!("{prefix}/source/{name}"));
             store.put(&path, bytes.into()).await.unwrap();

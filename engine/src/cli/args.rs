@@ -44,7 +44,12 @@ impl GlobalArgs {
 #[derive(Debug, Args, Clone)]
 pub struct LakeArgs {
     /// Lake location: a directory, `file://` or `s3://bucket/prefix` URL.
-    #[arg(long, env = "FHIRLAKE_LAKE", default_value = "./lake", value_name = "URL")]
+    #[arg(
+        long,
+        env = "FHIRLAKE_LAKE",
+        default_value = "./lake",
+        value_name = "URL"
+    )]
     pub lake: String,
 
     #[command(flatten)]
@@ -54,7 +59,10 @@ pub struct LakeArgs {
 impl LakeArgs {
     /// Opens the lake location (no I/O).
     pub fn open(&self) -> anyhow::Result<fhirlake::lake::Lake> {
-        Ok(fhirlake::lake::Lake::open(&self.lake, self.storage.options())?)
+        Ok(fhirlake::lake::Lake::open(
+            &self.lake,
+            self.storage.options(),
+        )?)
     }
 }
 

@@ -139,7 +139,11 @@ mod tests {
 
     fn parse(toml_text: &str, argv: &[&str]) -> anyhow::Result<crate::cli::Cli> {
         let table: toml::Table = toml_text.parse()?;
-        let command = apply(crate::cli::Cli::command(), &table, Path::new("fhirlake.toml"))?;
+        let command = apply(
+            crate::cli::Cli::command(),
+            &table,
+            Path::new("fhirlake.toml"),
+        )?;
         Ok(crate::cli::Cli::from_arg_matches(
             &command.try_get_matches_from(argv)?,
         )?)

@@ -35,7 +35,12 @@ pub struct IngestArgs {
 pub struct IngestOptions {
     /// Landing zone: rejected lines go to <landing>/rejected/<run_id>.ndjson, staging files to
     /// <landing>/staging/. It may hold identified data: keep it where the steward controls it.
-    #[arg(long, env = "FHIRLAKE_LANDING", default_value = "./landing", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "FHIRLAKE_LANDING",
+        default_value = "./landing",
+        value_name = "DIR"
+    )]
     pub landing: PathBuf,
 
     /// De-identification policy (TOML file or built-in profile name).
@@ -149,7 +154,14 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
     }
     let total = record.totals();
     push("total", &total);
-    let names = ["read", "written", "updated", "unchanged", "deleted", "rejected"];
+    let names = [
+        "read",
+        "written",
+        "updated",
+        "unchanged",
+        "deleted",
+        "rejected",
+    ];
     let mut fields = vec![Field::new("resource_type", DataType::Utf8, false)];
     fields.extend(names.iter().map(|n| Field::new(*n, DataType::Int64, false)));
     let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(types))];
@@ -174,7 +186,9 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
         total.read as f64 / secs,
     );
     if !record.stamp.deidentified {
-        println!("note: written WITHOUT de-identification (--unsafe-no-deid); the lake records this");
+        println!(
+            "note: written WITHOUT de-identification (--unsafe-no-deid); the lake records this"
+        );
     }
     if let Some(path) = &report.rejects_file {
         println!(

@@ -8,8 +8,8 @@ mod args;
 mod config;
 mod ingest;
 mod progress;
-mod quickstart;
 mod query;
+mod quickstart;
 
 use std::process::ExitCode;
 

@@ -19,7 +19,12 @@ use super::args::LakeArgs;
 #[derive(Debug, Args, Clone)]
 pub struct FormatArgs {
     /// Output format: table, csv, json, ndjson (one object per row, keys in column order) or parquet.
-    #[arg(long, env = "FHIRLAKE_FORMAT", default_value = "table", value_name = "FORMAT")]
+    #[arg(
+        long,
+        env = "FHIRLAKE_FORMAT",
+        default_value = "table",
+        value_name = "FORMAT"
+    )]
     pub format: OutputFormat,
 }
 
@@ -100,10 +105,8 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
 
 async fn print_batch(batch: RecordBatch, format: OutputFormat) -> anyhow::Result<()> {
     let schema = batch.schema();
-    let stream = RecordBatchStreamAdapter::new(
-        schema,
-        futures::stream::once(async move { Ok(batch) }),
-    );
+    let stream =
+        RecordBatchStreamAdapter::new(schema, futures::stream::once(async move { Ok(batch) }));
     let stdout = std::io::BufWriter::new(std::io::stdout());
     fhirlake_sql::write_stream(Box::pin(stream), format, stdout).await?;
     Ok(())
@@ -203,4 +206,3 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     print_batch(RecordBatch::try_new(schema, columns)?, args.format.format).await?;
     Ok(ExitCode::SUCCESS)
 }
-

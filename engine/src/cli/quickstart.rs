@@ -21,7 +21,12 @@ pub struct QuickstartArgs {
     pub lake: LakeArgs,
 
     /// Where the sample files are unpacked (and rejected lines would be kept).
-    #[arg(long, env = "FHIRLAKE_LANDING", default_value = "./landing", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "FHIRLAKE_LANDING",
+        default_value = "./landing",
+        value_name = "DIR"
+    )]
     pub landing: std::path::PathBuf,
 }
 
@@ -60,9 +65,7 @@ pub async fn run(args: QuickstartArgs, global: &GlobalArgs) -> anyhow::Result<Ex
         fhirlake::sample::SAMPLE_RESOURCES,
         lake.url()
     );
-    println!(
-        "(synthetic data: written without de-identification until the policy engine lands)\n"
-    );
+    println!("(synthetic data: written without de-identification until the policy engine lands)\n");
     let observer = Arc::new(CliObserver::new(global.quiet));
     let report = Ingest::new(
         vec![sample_dir.display().to_string()],

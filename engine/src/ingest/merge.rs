@@ -75,7 +75,10 @@ pub async fn merge_type(
         .map_err(|e| Error::datafusion(format!("counting {id}"), e))? as u64;
 
     let commit = CommitProperties::default().with_metadata([
-        ("fhirlake.runId".to_string(), serde_json::Value::from(run_id)),
+        (
+            "fhirlake.runId".to_string(),
+            serde_json::Value::from(run_id),
+        ),
         (
             "fhirlake.keyId".to_string(),
             serde_json::Value::from(stamp.key_id.as_str()),

@@ -231,14 +231,8 @@ impl Ingest {
         for (resource_type, staged_type) in &staged.staged {
             self.observer
                 .phase(&format!("committing {}", TableId::raw(resource_type)));
-            let merged = merge::merge_type(
-                &self.lake,
-                &stamp,
-                &run_id,
-                resource_type,
-                staged_type,
-            )
-            .await;
+            let merged =
+                merge::merge_type(&self.lake, &stamp, &run_id, resource_type, staged_type).await;
             let merged = match merged {
                 Ok(merged) => merged,
                 Err(e) => {

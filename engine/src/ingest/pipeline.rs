@@ -20,8 +20,8 @@ use super::observer::IngestObserver;
 use super::rejects::RejectWriter;
 use super::staging::{StagedType, Staging};
 use super::validate::{FileContext, Processed, Reject, process};
-use crate::lake::runs::TypeCounts;
 use crate::Result;
+use crate::lake::runs::TypeCounts;
 
 /// Type key for rejects whose resource type is unknown.
 pub const UNKNOWN_TYPE: &str = "(unknown)";
@@ -125,7 +125,10 @@ fn read_files(
             batch.push((base | counter, item));
             if batch.len() >= BATCH_ITEMS || batch_bytes >= BATCH_BYTES {
                 batch_bytes = 0;
-                return send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ITEMS)));
+                return send(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(BATCH_ITEMS),
+                ));
             }
             true
         });
@@ -228,8 +231,5 @@ pub fn record_reject(
 }
 
 fn counts<'a>(outcome: &'a mut StageOutcome, resource_type: &str) -> &'a mut TypeCounts {
-    outcome
-        .counts
-        .entry(resource_type.to_string())
-        .or_default()
+    outcome.counts.entry(resource_type.to_string()).or_default()
 }

@@ -7,7 +7,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{
+    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -195,10 +197,7 @@ impl Staging {
         for (resource_type, mut stage) in self.types {
             stage.flush()?;
             let path = stage.path.clone();
-            stage
-                .writer
-                .close()
-                .map_err(|e| staging_err(&path, e))?;
+            stage.writer.close().map_err(|e| staging_err(&path, e))?;
             out.insert(
                 resource_type,
                 StagedType {

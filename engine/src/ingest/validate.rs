@@ -118,7 +118,10 @@ pub fn process(
                     pos,
                     None,
                     Some("request.url".into()),
-                    format!("delete of unknown resource type{}", type_hint(&resource_type)),
+                    format!(
+                        "delete of unknown resource type{}",
+                        type_hint(&resource_type)
+                    ),
                     None,
                 );
             }
@@ -202,7 +205,13 @@ fn resource_to_row(
             );
         }
         None => {
-            return reject(pos, None, Some(at("resourceType")), "missing resourceType".into(), raw);
+            return reject(
+                pos,
+                None,
+                Some(at("resourceType")),
+                "missing resourceType".into(),
+                raw,
+            );
         }
     };
     if let Some(expected) = &file.expected_type
@@ -212,7 +221,9 @@ fn resource_to_row(
             pos,
             Some(resource_type.clone()),
             Some(at("resourceType")),
-            format!("resourceType {resource_type} does not match the manifest entry type {expected}"),
+            format!(
+                "resourceType {resource_type} does not match the manifest entry type {expected}"
+            ),
             raw,
         );
     }
@@ -237,7 +248,13 @@ fn resource_to_row(
             );
         }
         None => {
-            return reject(pos, Some(resource_type), Some(at("id")), "missing id".into(), raw);
+            return reject(
+                pos,
+                Some(resource_type),
+                Some(at("id")),
+                "missing id".into(),
+                raw,
+            );
         }
     }
     let last_updated = match object.get("meta").and_then(|m| m.get("lastUpdated")) {
@@ -268,10 +285,22 @@ fn resource_to_row(
     match deid.deidentify(&mut value) {
         Ok(Disposition::Keep) => {}
         Ok(Disposition::Drop { reason }) => {
-            return reject(pos, Some(resource_type), base, format!("dropped by policy: {reason}"), raw);
+            return reject(
+                pos,
+                Some(resource_type),
+                base,
+                format!("dropped by policy: {reason}"),
+                raw,
+            );
         }
         Err(e) => {
-            return reject(pos, Some(resource_type), base, format!("de-identification failed: {e}"), raw);
+            return reject(
+                pos,
+                Some(resource_type),
+                base,
+                format!("de-identification failed: {e}"),
+                raw,
+            );
         }
     }
     // After de-identification the id and references are in the lake's (pseudonym) space.
@@ -288,7 +317,13 @@ fn resource_to_row(
     let resource = match serde_json::to_string(&value) {
         Ok(s) => s,
         Err(e) => {
-            return reject(pos, Some(resource_type), base, format!("re-serialisation failed: {e}"), raw);
+            return reject(
+                pos,
+                Some(resource_type),
+                base,
+                format!("re-serialisation failed: {e}"),
+                raw,
+            );
         }
     };
     Processed::Row(Row {
@@ -411,14 +446,28 @@ mod tests {
     fn rejects_without_echoing_values() {
         let secret = "Jane-Doe-555";
         for (text, expect) in [
-            (format!(r#"{{"resourceType":"Patient","id":"{secret}""#), "malformed JSON"),
+            (
+                format!(r#"{{"resourceType":"Patient","id":"{secret}""#),
+                "malformed JSON",
+            ),
             ("[1,2]".to_string(), "not a JSON object"),
             (format!(r#"{{"id":"{secret}"}}"#), "missing resourceType"),
-            (format!(r#"{{"resourceType":"Pat ient {secret}","id":"x"}}"#), "unknown resourceType"),
-            (format!(r#"{{"resourceType":"Patient","name":"{secret}"}}"#), "missing id"),
-            (format!(r#"{{"resourceType":"Patient","id":"{secret} !"}}"#), "not a valid FHIR id"),
             (
-                format!(r#"{{"resourceType":"Patient","id":"x","meta":{{"lastUpdated":"{secret}"}}}}"#),
+                format!(r#"{{"resourceType":"Pat ient {secret}","id":"x"}}"#),
+                "unknown resourceType",
+            ),
+            (
+                format!(r#"{{"resourceType":"Patient","name":"{secret}"}}"#),
+                "missing id",
+            ),
+            (
+                format!(r#"{{"resourceType":"Patient","id":"{secret} !"}}"#),
+                "not a valid FHIR id",
+            ),
+            (
+                format!(
+                    r#"{{"resourceType":"Patient","id":"x","meta":{{"lastUpdated":"{secret}"}}}}"#
+                ),
                 "meta.lastUpdated",
             ),
         ] {
@@ -455,16 +504,27 @@ mod tests {
         let file = FileContext {
             expected_type: Some(Arc::from("Observation")),
         };
-        let p = process(line(r#"{"resourceType":"Patient","id":"p"}"#), 1, &file, &Passthrough);
+        let p = process(
+            line(r#"{"resourceType":"Patient","id":"p"}"#),
+            1,
+            &file,
+            &Passthrough,
+        );
         assert!(reason(p).contains("does not match the manifest"));
     }
 
     #[test]
     fn patient_references() {
         assert_eq!(patient_from_reference("Patient/abc"), Some("abc"));
-        assert_eq!(patient_from_reference("https://x.org/fhir/Patient/abc"), Some("abc"));
+        assert_eq!(
+            patient_from_reference("https://x.org/fhir/Patient/abc"),
+            Some("abc")
+        );
         assert_eq!(patient_from_reference("Group/abc"), None);
         assert_eq!(patient_from_reference("#contained"), None);
-        assert_eq!(patient_from_reference("Patient/abc/_history/2"), Some("abc"));
+        assert_eq!(
+            patient_from_reference("Patient/abc/_history/2"),
+            Some("abc")
+        );
     }
 }

@@ -188,7 +188,11 @@ impl Lake {
 
     /// Whether the table folder has a Delta log.
     pub async fn table_exists(&self, id: &TableId) -> Result<bool> {
-        let log = self.root.clone().join(id.group.folder()).join(id.name.as_str());
+        let log = self
+            .root
+            .clone()
+            .join(id.group.folder())
+            .join(id.name.as_str());
         self.has_delta_log(&log).await
     }
 
@@ -292,7 +296,9 @@ fn check_stamp(id: &TableId, table: &DeltaTable, stamp: &DeidStamp) -> Result<()
         Some(_) => Ok(()),
         None => Err(Error::Lake {
             location: id.to_string(),
-            reason: "table has no fhirlake de-identification properties; it was not written by fhirlake".into(),
+            reason:
+                "table has no fhirlake de-identification properties; it was not written by fhirlake"
+                    .into(),
         }),
     }
 }

@@ -111,9 +111,16 @@ impl RunRecord {
             s.field_builder::<StringBuilder>(0)
                 .ok_or_else(|| Error::Internal("runs.counts builder".into()))?
                 .append_value(resource_type);
-            for (i, n) in [c.read, c.written, c.updated, c.unchanged, c.deleted, c.rejected]
-                .into_iter()
-                .enumerate()
+            for (i, n) in [
+                c.read,
+                c.written,
+                c.updated,
+                c.unchanged,
+                c.deleted,
+                c.rejected,
+            ]
+            .into_iter()
+            .enumerate()
             {
                 s.field_builder::<arrow::array::Int64Builder>(i + 1)
                     .ok_or_else(|| Error::Internal("runs.counts builder".into()))?

@@ -44,7 +44,11 @@ pub fn table_version_fields() -> Fields {
 /// Schema of `lake.runs`: one row per finished ingest run.
 pub static RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let list_of = |fields: Fields| {
-        DataType::List(Arc::new(Field::new("element", DataType::Struct(fields), true)))
+        DataType::List(Arc::new(Field::new(
+            "element",
+            DataType::Struct(fields),
+            true,
+        )))
     };
     Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),

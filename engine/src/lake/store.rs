@@ -8,8 +8,8 @@
 use std::sync::{Arc, Once};
 
 use deltalake::logstore::{
-    LogStore, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef, StorageConfig,
-    default_logstore, logstore_factories, object_store_factories,
+    LogStore, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
+    logstore_factories, object_store_factories,
 };
 use deltalake::{DeltaResult, DeltaTableError, Path};
 use fhirlake_connectors::StoreOptions;
@@ -19,12 +19,13 @@ use url::Url;
 struct S3Factory;
 
 impl ObjectStoreFactory for S3Factory {
-    fn parse_url_opts(&self, url: &Url, config: &StorageConfig) -> DeltaResult<(ObjectStoreRef, Path)> {
+    fn parse_url_opts(
+        &self,
+        url: &Url,
+        config: &StorageConfig,
+    ) -> DeltaResult<(ObjectStoreRef, Path)> {
         let options = StoreOptions {
-            options: config
-                .raw()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            options: config.raw().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
         fhirlake_connectors::object_store_for_url(url, &options)
             .map_err(|e| DeltaTableError::InvalidTableLocation(e.to_string()))
@@ -39,7 +40,12 @@ impl LogStoreFactory for S3Factory {
         location: &Url,
         options: &StorageConfig,
     ) -> DeltaResult<Arc<dyn LogStore>> {
-        Ok(default_logstore(prefixed_store, root_store, location, options))
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
     }
 }
 

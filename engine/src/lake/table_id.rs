@@ -120,13 +120,19 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(TableId::raw("MedicationRequest").to_string(), "raw.medication_request");
+        assert_eq!(
+            TableId::raw("MedicationRequest").to_string(),
+            "raw.medication_request"
+        );
         assert_eq!(
             TableId::raw("ExplanationOfBenefit").relative_path(),
             "raw/explanation_of_benefit"
         );
         assert_eq!(TableId::runs().to_string(), "lake.runs");
-        assert_eq!(TableId::parse("raw.observation"), Some(TableId::raw("Observation")));
+        assert_eq!(
+            TableId::parse("raw.observation"),
+            Some(TableId::raw("Observation"))
+        );
         assert_eq!(TableId::parse("patient").unwrap().group, TableGroup::Views);
         assert_eq!(TableId::parse("raw.Obs"), None);
         assert_eq!(TableId::parse("other.x"), None);
