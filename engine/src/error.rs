@@ -30,6 +30,17 @@ pub enum Error {
         /// The lock file.
         lock: String,
     },
+    /// Another process committed to the table while this run was writing it (object-store lakes,
+    /// which have no lake-wide lock). The table is intact; re-running is safe.
+    #[error(
+        "table {table}: another writer committed to it during this run ({reason}); the table is intact and re-running the ingest is safe"
+    )]
+    ConcurrentWrite {
+        /// SQL name of the table.
+        table: String,
+        /// The conflict delta-rs reported.
+        reason: String,
+    },
     /// The lake was written with a different de-identification key (or without one).
     #[error(
         "table {table} was written with de-identification key id `{lake_key}`, this run uses `{run_key}`: pseudonym spaces must never mix; use the lake's key or a new lake"
@@ -102,6 +113,20 @@ impl Error {
     }
 
     pub(crate) fn delta(table: impl std::fmt::Display, source: deltalake::DeltaTableError) -> Self {
+        use deltalake::DeltaTableError as D;
+        use deltalake::kernel::transaction::TransactionError as T;
+        match &source {
+            D::VersionAlreadyExists(_)
+            | D::Transaction {
+                source: T::VersionAlreadyExists(_) | T::CommitConflict(_) | T::MaxCommitAttempts(_),
+            } => {
+                return Self::ConcurrentWrite {
+                    table: table.to_string(),
+                    reason: source.to_string(),
+                };
+            }
+            _ => {}
+        }
         Self::Delta {
             table: table.to_string(),
             source: Box::new(source),

@@ -176,7 +176,7 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
     fhirlake_sql::format::write_table(&schema, &[batch], stdout.lock())?;
 
     let secs = report.elapsed.as_secs_f64().max(1e-3);
-    println!(
+    outln!(
         "run {} {}: {} resources in {:.1} s ({:.1} MB/s, {:.0} resources/s) into {lake}",
         record.run_id,
         record.status,
@@ -186,12 +186,10 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
         total.read as f64 / secs,
     );
     if !record.stamp.deidentified {
-        println!(
-            "note: written WITHOUT de-identification (--unsafe-no-deid); the lake records this"
-        );
+        outln!("note: written WITHOUT de-identification (--unsafe-no-deid); the lake records this");
     }
     if let Some(path) = &report.rejects_file {
-        println!(
+        outln!(
             "{} lines rejected; kept with file, line and reason in {}",
             total.rejected,
             path.display()

@@ -4,6 +4,14 @@
 //! default. Exit codes: 0 success; 3 committed with some lines rejected; 2 failure (nothing
 //! committed, or a usage error). A closed stdout (`| head`) is success.
 
+/// `println!` that returns the I/O error instead of panicking (a closed pipe is not a crash).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 mod args;
 mod config;
 mod ingest;

@@ -32,7 +32,7 @@ impl CliObserver {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} {elapsed_precise} {msg} · {human_pos} resources ({per_sec})",
+                    "{spinner} {elapsed_precise} {msg} · {human_pos} resources",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );

@@ -60,12 +60,12 @@ pub async fn run(args: QuickstartArgs, global: &GlobalArgs) -> anyhow::Result<Ex
     let lake = args.lake.open()?;
     let sample_dir = args.landing.join("quickstart-sample");
     fhirlake::sample::extract_sample(&sample_dir)?;
-    println!(
+    outln!(
         "fhirlake quickstart: ingesting the embedded Synthea sample ({} resources, 100 patients) into {}",
         fhirlake::sample::SAMPLE_RESOURCES,
         lake.url()
     );
-    println!("(synthetic data: written without de-identification until the policy engine lands)\n");
+    outln!("(synthetic data: written without de-identification until the policy engine lands)\n");
     let observer = Arc::new(CliObserver::new(global.quiet));
     let report = Ingest::new(
         vec![sample_dir.display().to_string()],
@@ -82,12 +82,12 @@ pub async fn run(args: QuickstartArgs, global: &GlobalArgs) -> anyhow::Result<Ex
 
     let session = lake.session().await?;
     for (title, query) in EXAMPLE_QUERIES {
-        println!("\n-- {title}\n{query};");
+        outln!("\n-- {title}\n{query};");
         let stream = session.sql(query).await?.execute_stream().await?;
         let stdout = std::io::BufWriter::new(std::io::stdout());
         fhirlake_sql::write_stream(stream, OutputFormat::Table, stdout).await?;
     }
-    println!(
+    outln!(
         "\nTry: fhirlake sql --lake {} \"SELECT count(*) AS n FROM raw.observation\"",
         args.lake.lake
     );
