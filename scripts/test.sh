@@ -11,4 +11,4 @@ trap 'scripts/s3-server.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"
 export FHIRLAKE_REQUIRE_S3=1
 
-cargo test --workspace --all-targets "$@"
+cargo test --workspace --all-targets --no-fail-fast "$@"

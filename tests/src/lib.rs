@@ -1,8 +1,9 @@
 //! Shared helpers of the end-to-end tests: locating the `fhirlake` binary and the test data, and
 //! running commands with a clean environment.
 //!
-//! The tests drive the real binary (as a user would) against temporary lakes. They need
-//! `target/<profile>/fhirlake`, which `cargo test --workspace` builds.
+//! The tests drive the real binary (as a user would) against temporary lakes. They are integration
+//! tests of the `fhirlake` package (declared in engine/Cargo.toml), so cargo builds the binary and
+//! tells them where it is.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -34,11 +35,6 @@ pub fn shared_synthea(name: &str) -> PathBuf {
 /// developer's environment cannot change test outcomes.
 pub fn fhirlake(cwd: &Path) -> Command {
     let bin = assert_cmd::cargo::cargo_bin("fhirlake");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
     let mut command = Command::new(bin);
     command.current_dir(cwd);
     for (key, _) in std::env::vars_os() {

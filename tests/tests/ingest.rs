@@ -463,7 +463,7 @@ fn delta_tables_are_readable_by_another_engine_in_a_fresh_process() {
             .collect()
             .await
             .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
         assert!(text.contains("| 16315 | 16315 |"), "{text}");
