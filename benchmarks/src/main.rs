@@ -183,7 +183,10 @@ fn ingest(args: &IngestArgs) -> Result<()> {
     );
     let mut fhirlake = Measurement::new(
         "fhirlake ingest",
-        format!("full ingest into a new lake, {workers} workers"),
+        format!(
+            "full ingest into a new lake, {workers} worker{}",
+            if workers == 1 { "" } else { "s" }
+        ),
     );
     let mut last_report = None;
     for round in 1..=args.runs {

@@ -24,11 +24,11 @@ use chrono::Utc;
 use fhirlake_connectors::{ItemPosition, StoreOptions, plan_sources};
 use fhirlake_deid::Deidentifier;
 
-use crate::lake::runs::{RunRecord, TypeCounts, record_run};
+use crate::lake::runs::{RunRecord, record_run};
 use crate::lake::{DeidStamp, Lake, TableId};
 use crate::{Error, Result};
 pub use observer::{IngestObserver, Silent};
-use pipeline::{StageOutcome, UNKNOWN_TYPE};
+use pipeline::StageOutcome;
 use rejects::RejectWriter;
 use staging::Staging;
 use validate::Reject;
@@ -290,15 +290,3 @@ fn remove_dir(dir: &std::path::Path) {
         tracing::warn!("could not remove staging directory {}: {e}", dir.display());
     }
 }
-
-/// Totals of a report's counts, for summaries.
-pub fn totals(counts: &BTreeMap<String, TypeCounts>) -> TypeCounts {
-    let mut total = TypeCounts::default();
-    for c in counts.values() {
-        total.add(c);
-    }
-    total
-}
-
-#[doc(hidden)]
-pub const UNKNOWN: &str = UNKNOWN_TYPE;
