@@ -117,3 +117,20 @@ pub fn sample_lines(name: &str) -> Vec<String> {
         .map(|l| l.expect("line"))
         .collect()
 }
+
+/// `(table, rows)` of every `raw.*` table, from `fhirlake tables`.
+pub fn raw_table_rows(cwd: &Path, lake: &str) -> Vec<(String, i64)> {
+    let output = run(fhirlake(cwd).args(["tables", "--lake", lake, "--format", "ndjson"]));
+    assert_code(&output, 0);
+    text(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("ndjson row"))
+        .filter(|t| t["table"].as_str().is_some_and(|n| n.starts_with("raw.")))
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap_or_default().to_string(),
+                t["rows"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect()
+}

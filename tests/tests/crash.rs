@@ -41,22 +41,6 @@ fn updated_sample(dir: &Path) -> std::path::PathBuf {
     out
 }
 
-fn table_counts(cwd: &Path, lake: &str) -> Vec<(String, i64)> {
-    let output = run(fhirlake(cwd).args(["tables", "--lake", lake, "--format", "ndjson"]));
-    assert_code(&output, 0);
-    text(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|t| t["table"].as_str().unwrap().starts_with("raw."))
-        .map(|t| {
-            (
-                t["table"].as_str().unwrap().to_string(),
-                t["rows"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn sigkill_at_any_point_leaves_a_consistent_lake() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,7 +48,7 @@ fn sigkill_at_any_point_leaves_a_consistent_lake() {
         .args(["ingest", "--lake", "L", "--unsafe-no-deid", "-q"])
         .arg(sample_dir()));
     assert_code(&baseline, 0);
-    let expected = table_counts(dir.path(), "L");
+    let expected = raw_table_rows(dir.path(), "L");
     assert_eq!(expected.len(), 19);
     let updated = updated_sample(dir.path());
 
@@ -87,7 +71,7 @@ fn sigkill_at_any_point_leaves_a_consistent_lake() {
         let _ = child.wait();
         // Every table still answers with the same row counts (same ids, old or new versions).
         assert_eq!(
-            table_counts(dir.path(), "L"),
+            raw_table_rows(dir.path(), "L"),
             expected,
             "after a kill at {fraction}"
         );
@@ -110,7 +94,7 @@ fn sigkill_at_any_point_leaves_a_consistent_lake() {
         .wait_with_output()
         .unwrap();
     assert_code(&output, 0);
-    assert_eq!(table_counts(dir.path(), "L"), expected);
+    assert_eq!(raw_table_rows(dir.path(), "L"), expected);
     assert_eq!(sql_count(dir.path(), "L", updated_rows), 16_315);
     assert_eq!(
         sql_count(dir.path(), "L", "SELECT count(*) FROM lake.runs"),
@@ -155,7 +139,7 @@ fn a_second_writer_on_the_same_lake_fails_clearly() {
     );
     // The lake is intact and the lock is free again.
     assert_eq!(
-        table_counts(dir.path(), "L")
+        raw_table_rows(dir.path(), "L")
             .iter()
             .map(|(_, n)| n)
             .sum::<i64>(),

@@ -16,14 +16,7 @@ fn ingest(cwd: &Path, lake: &str, sources: &[&str], extra: &[&str]) -> std::proc
 }
 
 fn raw_total(cwd: &Path, lake: &str) -> i64 {
-    let output = run(fhirlake(cwd).args(["tables", "--lake", lake, "--format", "ndjson"]));
-    assert_code(&output, 0);
-    text(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|t| t["table"].as_str().unwrap().starts_with("raw."))
-        .map(|t| t["rows"].as_i64().unwrap())
-        .sum()
+    raw_table_rows(cwd, lake).iter().map(|(_, rows)| rows).sum()
 }
 
 #[test]

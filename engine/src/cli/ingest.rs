@@ -9,6 +9,7 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use clap::Args;
 use fhirlake::ingest::{Ingest, IngestReport, RunStatus};
+use fhirlake::lake::runs::TypeCounts;
 use fhirlake_deid::{Deidentifier, Passthrough};
 
 use super::args::{GlobalArgs, LakeArgs};
@@ -136,16 +137,9 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
     let record = &report.record;
     let mut types = vec![];
     let mut columns: [Vec<i64>; 6] = Default::default();
-    let mut push = |name: &str, c: &fhirlake::lake::runs::TypeCounts| {
+    let mut push = |name: &str, c: &TypeCounts| {
         types.push(name.to_string());
-        for (column, n) in columns.iter_mut().zip([
-            c.read,
-            c.written,
-            c.updated,
-            c.unchanged,
-            c.deleted,
-            c.rejected,
-        ]) {
+        for (column, n) in columns.iter_mut().zip(c.values()) {
             column.push(n as i64);
         }
     };

@@ -35,6 +35,28 @@ pub struct TypeCounts {
 }
 
 impl TypeCounts {
+    /// Names of the counts, in the order of [`TypeCounts::values`] (and of `lake.runs.counts`).
+    pub const NAMES: [&'static str; 6] = [
+        "read",
+        "written",
+        "updated",
+        "unchanged",
+        "deleted",
+        "rejected",
+    ];
+
+    /// The counts in the order of [`TypeCounts::NAMES`].
+    pub fn values(&self) -> [u64; 6] {
+        [
+            self.read,
+            self.written,
+            self.updated,
+            self.unchanged,
+            self.deleted,
+            self.rejected,
+        ]
+    }
+
     /// Adds another set of counts.
     pub fn add(&mut self, other: &TypeCounts) {
         self.read += other.read;
@@ -111,17 +133,7 @@ impl RunRecord {
             s.field_builder::<StringBuilder>(0)
                 .ok_or_else(|| Error::Internal("runs.counts builder".into()))?
                 .append_value(resource_type);
-            for (i, n) in [
-                c.read,
-                c.written,
-                c.updated,
-                c.unchanged,
-                c.deleted,
-                c.rejected,
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for (i, n) in c.values().into_iter().enumerate() {
                 s.field_builder::<arrow::array::Int64Builder>(i + 1)
                     .ok_or_else(|| Error::Internal("runs.counts builder".into()))?
                     .append_value(n as i64);

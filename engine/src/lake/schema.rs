@@ -22,15 +22,13 @@ pub static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// Per-type counts inside a `lake.runs` row.
 pub fn type_counts_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("resource_type", DataType::Utf8, false),
-        Field::new("read", DataType::Int64, false),
-        Field::new("written", DataType::Int64, false),
-        Field::new("updated", DataType::Int64, false),
-        Field::new("unchanged", DataType::Int64, false),
-        Field::new("deleted", DataType::Int64, false),
-        Field::new("rejected", DataType::Int64, false),
-    ])
+    let mut fields = vec![Field::new("resource_type", DataType::Utf8, false)];
+    fields.extend(
+        super::runs::TypeCounts::NAMES
+            .iter()
+            .map(|name| Field::new(*name, DataType::Int64, false)),
+    );
+    Fields::from(fields)
 }
 
 /// Table versions written by a run.
