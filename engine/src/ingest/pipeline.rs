@@ -81,7 +81,7 @@ pub fn run(
         let result = sink(&out_rx, staging, rejects, observer);
         if result.is_err() {
             cancel.store(true, Ordering::Relaxed);
-            // Drain so that blocked workers and readers see closed channels and stop.
+            // Close the channel so that blocked workers, then readers, see it and stop.
             drop(out_rx);
         }
         result
