@@ -148,16 +148,12 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
     }
     let total = record.totals();
     push("total", &total);
-    let names = [
-        "read",
-        "written",
-        "updated",
-        "unchanged",
-        "deleted",
-        "rejected",
-    ];
     let mut fields = vec![Field::new("resource_type", DataType::Utf8, false)];
-    fields.extend(names.iter().map(|n| Field::new(*n, DataType::Int64, false)));
+    fields.extend(
+        TypeCounts::NAMES
+            .iter()
+            .map(|n| Field::new(*n, DataType::Int64, false)),
+    );
     let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(types))];
     arrays.extend(
         columns
