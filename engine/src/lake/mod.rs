@@ -127,6 +127,11 @@ impl Lake {
         if !self.table_exists(id).await? {
             return Ok(None);
         }
+        self.load_listed_table(id).await
+    }
+
+    /// Loads a table already known to have a Delta log (skips the existence listing).
+    async fn load_listed_table(&self, id: &TableId) -> Result<Option<DeltaTable>> {
         match self.builder(id)?.load().await {
             Ok(table) => Ok(Some(table)),
             Err(DeltaTableError::NotATable(_)) => Ok(None),
@@ -234,8 +239,9 @@ impl Lake {
     /// Loads every table at its newest version.
     pub async fn load_all(&self) -> Result<Vec<(TableId, DeltaTable)>> {
         let mut tables = Vec::new();
+        // `table_ids` lists only folders with a Delta log: no second existence check per table.
         for id in self.table_ids().await? {
-            if let Some(table) = self.load_table(&id).await? {
+            if let Some(table) = self.load_listed_table(&id).await? {
                 tables.push((id, table));
             }
         }
