@@ -8,6 +8,10 @@
 
 use serde_json::Value;
 
+pub mod fhir_types;
+pub mod methods;
+pub mod risk;
+
 /// Errors of the de-identification stage. Variants name the resource type and JSON path, never values.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,0 +1,3 @@
+//! The de-identification methods: each turns one node (or value) into its de-identified form.
+
+pub mod scrub;

@@ -1,0 +1,1 @@
+//! k-anonymity risk report. STUB — being written.
