@@ -8,9 +8,17 @@
 
 use serde_json::Value;
 
+pub mod engine;
 pub mod fhir_types;
+pub mod key;
 pub mod methods;
+pub mod path;
+pub mod policy;
 pub mod risk;
+
+pub use engine::{DeidStats, ExplainEntry, PolicyEngine};
+pub use key::{DeidKey, KeyError};
+pub use policy::{Policy, PolicyError};
 
 /// Errors of the de-identification stage. Variants name the resource type and JSON path, never values.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +71,12 @@ pub trait Deidentifier: Send + Sync + std::fmt::Debug {
     /// The id under which a resource of this type and source id is stored in the lake; used to
     /// apply deletes (Bulk Data `deleted[]`, Bundle DELETE entries) to pseudonymized rows.
     fn lake_id(&self, resource_type: &str, id: &str) -> String;
+
+    /// What de-identification did so far (rule hits per method, dropped extensions and
+    /// resources); `None` when nothing is counted.
+    fn stats(&self) -> Option<DeidStats> {
+        None
+    }
 }
 
 /// Writes resources through unchanged. Identified data: only for synthetic data or a lake the

@@ -1,1 +1,1474 @@
-//! Free-text scrubbing. STUB — being written.
+//! Free-text scrubbing: the `scrub` method for narrative a data steward chose to keep (clinical
+//! notes, `valueString`, `CodeableConcept.text` when opted in, ...).
+//!
+//! This module owns the detection of HIPAA Safe Harbor identifiers inside free text and their
+//! replacement with kind tokens (`[NAME]`, `[DATE]`, `[PHONE]`, `[EMAIL]`, `[SSN]`, `[ID]`,
+//! `[URL]`, `[IP]`, `[ADDRESS]`, `[ZIP]`, `[AGE]`), plus [`name_parts`], which gathers the name
+//! parts of a FHIR resource so that a record's own names are found in its text.
+//!
+//! It is hand-written on top of `regex` because no well-kept Rust crate does clinical PHI
+//! scrubbing (the established tools are Java/Python: Philter, scrubadub, Presidio, deid). The
+//! patterns are deliberately conservative about clinical content: units and values
+//! (`120/80 mmHg`, `5 mg`, `HbA1c 7.2%`), codes (`8480-6`), medication and condition names must
+//! survive; where a choice had to be made between a leak and a damaged note, the comment at the
+//! pattern says which way it went.
+//!
+//! How it works: every detector is a regex compiled once in [`Scrubber::new`]; a detector runs
+//! only when cheap byte features of the text (digits, `@`, capitals, `://`) say it could match.
+//! The matches become spans; overlapping spans are merged into their union (so a date inside a
+//! URL, or a name inside an email, can never leak half of the outer value) and named after the
+//! longest constituent; names separated only by blanks become one `[NAME]`. Name parts known for
+//! the record, and names learnt from titles in the same text (`Dr. Jane Smith` teaches `Smith`),
+//! are then matched word by word. The output is written in one pass. Values never leave this
+//! module other than in the returned text: no logging, and the counts carry kinds only.
+
+use regex::{Regex, RegexSet};
+use serde_json::Value;
+
+/// What the scrubber replaced, by kind (for the run's rule-hit counts; never the values).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScrubCounts {
+    /// `[NAME]` replacements.
+    pub names: u64,
+    /// `[DATE]` replacements.
+    pub dates: u64,
+    /// `[PHONE]` replacements (phone and fax numbers).
+    pub phones: u64,
+    /// `[EMAIL]` replacements.
+    pub emails: u64,
+    /// `[SSN]` replacements.
+    pub ssns: u64,
+    /// `[ID]` replacements (MRN, account, record, licence and other identifying numbers).
+    pub ids: u64,
+    /// `[URL]` replacements.
+    pub urls: u64,
+    /// `[IP]` replacements.
+    pub ips: u64,
+    /// `[ADDRESS]` replacements (street addresses, PO boxes, the city before `ST 12345`).
+    pub addresses: u64,
+    /// `[ZIP]` replacements.
+    pub zips: u64,
+    /// `[AGE]` replacements (ages over 89).
+    pub ages: u64,
+}
+
+impl ScrubCounts {
+    /// All replacements together.
+    pub fn total(&self) -> u64 {
+        self.names
+            + self.dates
+            + self.phones
+            + self.emails
+            + self.ssns
+            + self.ids
+            + self.urls
+            + self.ips
+            + self.addresses
+            + self.zips
+            + self.ages
+    }
+
+    /// Adds `other` into `self` (per-thread counts into the run's counts).
+    pub fn add(&mut self, other: &ScrubCounts) {
+        self.names += other.names;
+        self.dates += other.dates;
+        self.phones += other.phones;
+        self.emails += other.emails;
+        self.ssns += other.ssns;
+        self.ids += other.ids;
+        self.urls += other.urls;
+        self.ips += other.ips;
+        self.addresses += other.addresses;
+        self.zips += other.zips;
+        self.ages += other.ages;
+    }
+}
+
+/// The kinds of identifier, in tie-break order: when two overlapping spans are equally long, the
+/// earlier kind names the merged span (a `2020-01-05` after `record no.` is a date, not an ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Url,
+    Email,
+    Ip,
+    Ssn,
+    Phone,
+    Date,
+    Age,
+    Zip,
+    Address,
+    Id,
+    Name,
+}
+
+impl Kind {
+    fn token(self) -> &'static str {
+        match self {
+            Kind::Url => "[URL]",
+            Kind::Email => "[EMAIL]",
+            Kind::Ip => "[IP]",
+            Kind::Ssn => "[SSN]",
+            Kind::Phone => "[PHONE]",
+            Kind::Date => "[DATE]",
+            Kind::Age => "[AGE]",
+            Kind::Zip => "[ZIP]",
+            Kind::Address => "[ADDRESS]",
+            Kind::Id => "[ID]",
+            Kind::Name => "[NAME]",
+        }
+    }
+
+    fn count(self, counts: &mut ScrubCounts) {
+        let slot = match self {
+            Kind::Url => &mut counts.urls,
+            Kind::Email => &mut counts.emails,
+            Kind::Ip => &mut counts.ips,
+            Kind::Ssn => &mut counts.ssns,
+            Kind::Phone => &mut counts.phones,
+            Kind::Date => &mut counts.dates,
+            Kind::Age => &mut counts.ages,
+            Kind::Zip => &mut counts.zips,
+            Kind::Address => &mut counts.addresses,
+            Kind::Id => &mut counts.ids,
+            Kind::Name => &mut counts.names,
+        };
+        *slot += 1;
+    }
+}
+
+/// Cheap byte features of a text; a detector runs only when all the features it needs are there.
+mod feat {
+    /// An ASCII digit.
+    pub const DIGIT: u8 = 1;
+    /// An `@`.
+    pub const AT: u8 = 2;
+    /// An ASCII capital or any non-ASCII byte (which may be a Unicode capital).
+    pub const UPPER: u8 = 4;
+    /// `://` or `www.` (any case).
+    pub const URL: u8 = 8;
+    /// A `:` (IPv6).
+    pub const COLON: u8 = 16;
+    /// A spelled-out age word (`ninety`, `nineties`, `hundred`, `...genarian`).
+    pub const SPELLED: u8 = 32;
+    /// Any feature that some detector other than the name detectors needs.
+    pub const NOT_NAMES: u8 = DIGIT | AT | URL | COLON | SPELLED;
+}
+
+/// A post-check on a match: may move or reject the span.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// Keep as matched.
+    None,
+    /// Trim trailing sentence punctuation from a URL.
+    TrimUrl,
+    /// Reject a digit run that is part of a decimal number (`3.8227768159`).
+    NotDecimal,
+    /// Reject a span with fewer than this many ASCII digits.
+    MinDigits(usize),
+    /// Drop a possessive `'s` from the end of a name.
+    Possessive,
+}
+
+#[derive(Debug)]
+struct Detector {
+    re: Regex,
+    /// Capture group and the kind its text is replaced as (group 0 is the whole match).
+    groups: &'static [(usize, Kind)],
+    /// Features (see [`feat`]) the text must have for this detector to run.
+    needs: u8,
+    check: Check,
+    /// Names found by this detector are also searched for elsewhere in the same text.
+    learn: bool,
+}
+
+/// A span of the input to replace.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    kind: Kind,
+    /// Length of the constituent that named the span (longest wins when spans merge).
+    best: usize,
+}
+
+/// Compiled once, shared by all worker threads (Send + Sync).
+#[derive(Debug)]
+pub struct Scrubber {
+    /// Detectors of everything but names, in the order of `set`.
+    detectors: Vec<Detector>,
+    /// All of `detectors` in one automaton: one pass says which of them can match at all.
+    set: RegexSet,
+    /// Detectors of names without a list (titles, labels, Synthea-style names). They run on
+    /// their own: their Unicode letter classes would make the combined automaton slow.
+    name_detectors: Vec<Detector>,
+}
+
+impl Default for Scrubber {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Compiles a constant pattern. `\b` becomes an ASCII word boundary and `\d` an ASCII digit:
+/// Unicode boundaries would make the lazy DFA give up on non-ASCII text, and Unicode digits are
+/// not what any identifier here is written in. Letters stay Unicode (`\p{Lu}`).
+fn compile(pattern: &str) -> Regex {
+    let pattern = pattern.replace(r"\b", r"(?-u:\b)").replace(r"\d", "[0-9]");
+    Regex::new(&pattern).expect("scrub: constant pattern compiles")
+}
+
+/// Month names as written in dates: Title case and UPPER case only, because `may` and `march`
+/// in lower case are mostly verbs.
+fn month_alternation(full_only: bool) -> String {
+    const MONTHS: [(&str, &[&str]); 12] = [
+        ("January", &["Jan"]),
+        ("February", &["Feb"]),
+        ("March", &["Mar"]),
+        ("April", &["Apr"]),
+        ("May", &[]),
+        ("June", &["Jun"]),
+        ("July", &["Jul"]),
+        ("August", &["Aug"]),
+        ("September", &["Sept", "Sep"]),
+        ("October", &["Oct"]),
+        ("November", &["Nov"]),
+        ("December", &["Dec"]),
+    ];
+    let mut alts: Vec<String> = Vec::new();
+    for (full, abbrevs) in MONTHS {
+        alts.push(full.to_string());
+        alts.push(full.to_uppercase());
+        for a in abbrevs {
+            // An abbreviation may carry a period; a full name never does.
+            if full_only {
+                // `5 Sept` is still unambiguous; the short forms `5 Mar` are not required here.
+                if *a == "Sept" {
+                    alts.push(format!(r"{a}\.?"));
+                }
+                continue;
+            }
+            alts.push(format!(r"{a}\.?"));
+            alts.push(format!(r"{}\.?", a.to_uppercase()));
+        }
+    }
+    format!("(?:{})", alts.join("|"))
+}
+
+/// US states, DC and territories: two-letter codes (upper case only) and full names.
+fn state_alternation() -> String {
+    const CODES: &str = "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|\
+        MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|VI|GU|AS|MP";
+    const NAMES: &str = "Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|Delaware|\
+        District of Columbia|Florida|Georgia|Hawaii|Idaho|Illinois|Indiana|Iowa|Kansas|Kentucky|\
+        Louisiana|Maine|Maryland|Massachusetts|Michigan|Minnesota|Mississippi|Missouri|Montana|\
+        Nebraska|Nevada|New Hampshire|New Jersey|New Mexico|New York|North Carolina|North Dakota|\
+        Ohio|Oklahoma|Oregon|Pennsylvania|Rhode Island|South Carolina|South Dakota|Tennessee|Texas|\
+        Utah|Vermont|Virginia|Washington|West Virginia|Wisconsin|Wyoming|Puerto Rico";
+    format!("(?:{CODES}|{NAMES})")
+}
+
+/// A capitalised name word, Unicode aware, with an inner apostrophe (`O'Brien`, `D'Amore`), one
+/// hyphenated part (`Smith-Jones`) and Synthea's trailing digits (`Harvey63`).
+const NAME_WORD: &str =
+    r"\p{Lu}[\p{L}\p{M}]*(?:['’][\p{L}\p{M}]+)?(?:-\p{Lu}[\p{L}\p{M}]*)?\d{0,4}";
+/// An initial: `J.`
+const INITIAL: &str = r"\p{Lu}\.";
+
+/// One to three name words, with middle initials and an optional `, First` after `Last`.
+fn name_words() -> String {
+    format!(
+        r"(?:{INITIAL}[ \t]*){{0,3}}{NAME_WORD}(?:[ \t]+(?:{INITIAL}[ \t]+)?{NAME_WORD}){{0,2}}(?:,[ \t]*{NAME_WORD})?"
+    )
+}
+
+/// Street suffixes that are not also clinical words: any house number may precede them.
+const STREET_SUFFIXES: &str = "Street|St|Avenue|Ave|Av|Road|Rd|Boulevard|Blvd|Drive|Dr|Lane|Ln|\
+    Court|Ct|Place|Pl|Terrace|Ter|Terr|Parkway|Pkwy|Highway|Hwy|Freeway|Fwy|Expressway|Expy|\
+    Turnpike|Tpke|Pike|Circle|Cir|Square|Sq|Plaza|Plz|Trail|Trl|Way|Alley|Aly|Annex|Bay|Brook|\
+    Burg|Byway|Cove|Crescent|Crossing|Xing|Crossroad|Dale|Esplanade|Estate|Estates|Ferry|\
+    Gardens|Gateway|Glen|Grove|Harbor|Heights|Hts|Highlands|Hill|Hills|Hollow|Island|Isle|Knoll|\
+    Lake|Landing|Lodge|Manor|Meadow|Meadows|Mews|Mill|Mills|Orchard|Overpass|Parade|Park|\
+    Promenade|Quay|Ramp|Ranch|Ridge|Row|Rue|Shore|Shores|Skyway|Springs|Stravenue|Summit|\
+    Throughway|Trafficway|Trailer|Underpass|Valley|Viaduct|Village|Ville|Vista|Walk|Wynd|\
+    Broadway";
+/// Street suffixes that are also clinical words (`Level 1 Trauma Center`, `2 Heel Spur`,
+/// `Carpal Tunnel`, `Chest Wall`): only after a house number of two or more digits.
+const RISKY_STREET_SUFFIXES: &str = "Center|Centre|Spur|Neck|Lock|Bridge|Wall|Junction|Port|\
+    Tunnel|Bypass|Branch|Route|Loop|Point|Crest|Pass|Passage|Path|Pathway|Approach|Extension|\
+    Station|Union|Club|Key|Run|Rest|Light|Well|Green|Trace|Track|Course|Common|Divide|Flat|\
+    Flats|Fork|Forge|Dam|Mall|Gate|View|Rapid|Rapids|Canyon|Creek|Field|Fields|Forest|Fort|\
+    Garden|Harbour|Haven|Mount|Mountain|Oval|Pine|Pines|Plain|Plains|Prairie|River|Square";
+
+/// Generic titles and credentials: not identifying, and replacing every `MD` or `Mr` in a note
+/// with `[NAME]` would only damage it. Skipped in the name list ([`Scrubber::scrub`]); the
+/// title detector handles `Dr. Smith` as a whole.
+const GENERIC_NAME_WORDS: &[&str] = &[
+    "mr", "mrs", "ms", "miss", "mx", "dr", "prof", "rev", "sir", "dame", "jr", "sr", "ii", "iii",
+    "iv", "md", "do", "phd", "rn", "np", "pa", "dds", "dmd", "esq", "mba", "msn", "bsn", "lpn",
+    "dnp", "pharmd", "facp", "frcp",
+];
+
+fn is_generic_name_word(word: &str) -> bool {
+    let word = word.trim_end_matches('.');
+    GENERIC_NAME_WORDS
+        .iter()
+        .any(|g| g.eq_ignore_ascii_case(word))
+}
+
+impl Scrubber {
+    /// Compiles all detectors. Do this once and share the scrubber between threads.
+    pub fn new() -> Self {
+        use Kind::*;
+        use feat::*;
+
+        let months = month_alternation(false);
+        let full_months = month_alternation(true);
+        let day = r"(?:0?[1-9]|[12]\d|3[01])";
+        let ordinal = r"(?:st|nd|rd|th)?";
+        let year = r"(?:1[89]\d\d|20\d\d)";
+        let names = name_words();
+        let states = state_alternation();
+
+        let mut detectors = Vec::new();
+        let mut add = |pattern: &str, groups: &'static [(usize, Kind)], needs: u8, check: Check| {
+            detectors.push(Detector {
+                re: compile(pattern),
+                groups,
+                needs,
+                check,
+                learn: false,
+            });
+        };
+
+        // URLs: scheme or `www.` up to white space or a bracket; trailing punctuation trimmed.
+        add(
+            r#"(?i)(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>"'()\[\]{}]+"#,
+            &[(0, Url)],
+            URL,
+            Check::TrimUrl,
+        );
+        // Emails (ASCII addresses; internationalised local parts are not recognised).
+        add(
+            r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+            &[(0, Email)],
+            AT,
+            Check::None,
+        );
+        // IPv4, each octet 0-255.
+        add(
+            r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b",
+            &[(0, Ip)],
+            DIGIT,
+            Check::None,
+        );
+        // IPv6: the full eight groups, or a compressed form with `::` and at least two groups.
+        // (Times like `10:30:00` have neither; the bare `::` and `::1` forms are not matched.)
+        let h = "[0-9A-Fa-f]{1,4}";
+        add(
+            &format!(
+                r"\b(?:(?:{h}:){{7}}{h}\b|(?:{h}:){{1,6}}:(?:{h}:){{0,5}}{h}\b|(?:{h}:){{2,7}}:)(?:%[0-9A-Za-z]+)?"
+            ),
+            &[(0, Ip)],
+            COLON,
+            Check::None,
+        );
+        // SSN: 123-45-6789 anywhere; spaced or run together only after an SSN label.
+        add(r"\b\d{3}-\d{2}-\d{4}\b", &[(0, Ssn)], DIGIT, Check::None);
+        add(
+            r"(?i)\b(?:ssn|ss#|social[ \t]+security(?:[ \t]+(?:number|no\.?|#))?)[ \t]*[:#]?[ \t]*(\d{3}[ -]?\d{2}[ -]?\d{4})\b",
+            &[(1, Ssn)],
+            DIGIT,
+            Check::None,
+        );
+        // Phone and fax: (555) 123-4567, 555-123-4567, 555.123.4567, 555 123 4567, +1 ...,
+        // 1-555-..., with an optional extension. Bare ten-digit runs are left to the ID rule.
+        // Seven-digit local numbers (123-4567) only after a phone label: unlabelled they are
+        // too often dose ranges (`250-1000 mg`).
+        let ext = r"(?:[ \t]*,?[ \t]*(?i:ext\.?|extension|x)[ \t]*\d{1,6}\b)?";
+        add(
+            &format!(
+                r"(?:(?:\+|\b)1[ .-]?)?(?:\(\d{{3}}\)[ .-]?|\b\d{{3}}[ .-])\d{{3}}[ .-]\d{{4}}\b{ext}"
+            ),
+            &[(0, Phone)],
+            DIGIT,
+            Check::None,
+        );
+        add(
+            &format!(r"\+\d{{1,3}}[ .-]?\(?\d{{1,4}}\)?(?:[ .-]?\d){{6,11}}\b{ext}"),
+            &[(0, Phone)],
+            DIGIT,
+            Check::None,
+        );
+        add(
+            &format!(
+                r"(?i)\b(?:phone|ph|tel|telephone|fax|cell|mobile|pager|beeper|call)\b[ \t]*(?:no\.?|number|#)?[ \t]*[:#]?[ \t]*(\d{{3}}[.-]\d{{4}}\b{ext})"
+            ),
+            &[(1, Phone)],
+            DIGIT,
+            Check::None,
+        );
+        // Dates, all elements but a bare year (Safe Harbor keeps years).
+        // ISO, with an optional time and zone; also 2020/01/05.
+        add(
+            r"\b(?:1[89]|20)\d\d([-/.])(?:0[1-9]|1[0-2])[-/.](?:0[1-9]|[12]\d|3[01])(?:[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?(?:Z|[+-](?:[01]\d|2[0-3]):?[0-5]\d)?)?\b",
+            &[(0, Date)],
+            DIGIT,
+            Check::None,
+        );
+        // ISO year-month (2020-01): the month is a date element.
+        add(
+            r"\b(?:1[89]|20)\d\d-(?:0[1-9]|1[0-2])\b",
+            &[(0, Date)],
+            DIGIT,
+            Check::None,
+        );
+        // US month/day/year with / or -, two- or four-digit year; day.month.year with a
+        // four-digit year. Month/day without a year is not matched (`1/2 tablet`, `3/4`).
+        add(
+            r"\b(?:0?[1-9]|1[0-2])([/-])(?:0?[1-9]|[12]\d|3[01])[/-](?:\d{4}|\d{2})\b|\b(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?:1[89]|20)\d\d\b",
+            &[(0, Date)],
+            DIGIT,
+            Check::None,
+        );
+        // Month/year with a two-digit month (01/2020); `1/2000` stays (a dilution).
+        add(
+            r"\b(?:0[1-9]|1[0-2])/(?:1[89]|20)\d\d\b",
+            &[(0, Date)],
+            DIGIT,
+            Check::None,
+        );
+        // Written: January 5, 2020 / Jan. 5th 2020 / 5 Jan 2020 / 5th of January, 2020 /
+        // 05-JAN-2020 / January 2020 / Jan 5 / 5 January (the last only with a full name).
+        add(
+            &format!(
+                r"\b(?:{months}[ \t]+{day}{ordinal},?[ \t]+{year}|{day}{ordinal}[ \t]+(?:of[ \t]+)?{months},?[ \t]+{year}|{day}-{months}-(?:{year}|\d\d)|{months},?[ \t]+{year}|{months}[ \t]+{day}{ordinal}|{day}{ordinal}[ \t]+(?:of[ \t]+)?{full_months})\b"
+            ),
+            &[(0, Date)],
+            DIGIT | UPPER,
+            Check::None,
+        );
+        // Ages over 89: only the number is replaced (`a [AGE]-year-old`, `age [AGE]`).
+        add(
+            r"(?i)\b(9\d|1\d\d)[ \t]*-?[ \t]*(?:years?|yrs?|y/o|yo|y\.o\.|year-old|yr-old)",
+            &[(1, Age)],
+            DIGIT,
+            Check::None,
+        );
+        add(
+            r"(?i)\b(?:age[ds]?|aged[ \t]+about)[ \t]*(?:of[ \t]+|:[ \t]*|=[ \t]*|is[ \t]+)?(9\d|1\d\d)\b",
+            &[(1, Age)],
+            DIGIT,
+            Check::None,
+        );
+        add(
+            r"(?i)\b(?:in|into)[ \t]+(?:his|her|their|the)[ \t]+(?:(?:early|mid|late)[ \t-]*)?(90s|90's|nineties)\b",
+            &[(1, Age)],
+            0,
+            Check::None,
+        );
+        add(
+            r"(?i)\b((?:ninety|(?:one|a)[ \t-]+hundred)(?:[ \t-]+(?:and[ \t-]+)?(?:one|two|three|four|five|six|seven|eight|nine|ten))?)[ \t-]*(?:years?|yrs?)\b|\b((?:super)?centenarian|nonagenarian)s?\b",
+            &[(1, Age), (2, Age)],
+            SPELLED,
+            Check::None,
+        );
+        // ZIP codes, conservatively: after a state (code or name), optionally with the city
+        // before it (`Boston, MA 02139`: the city, a geographic subdivision, is an [ADDRESS]);
+        // after a ZIP label; or ZIP+4. A bare five-digit number (`12345 units`) is left alone.
+        add(
+            &format!(
+                r"(?:(\p{{Lu}}[\p{{L}}\p{{M}}.'’-]*(?:[ \t]+\p{{Lu}}[\p{{L}}\p{{M}}.'’-]*){{0,2}}),[ \t]*)?\b{states}\.?,?[ \t]+(\d{{5}}(?:-\d{{4}})?)\b"
+            ),
+            &[(1, Address), (2, Zip)],
+            DIGIT | UPPER,
+            Check::None,
+        );
+        add(
+            r"(?i)\b(?:zip|zip[ \t]*code|zipcode|postal[ \t]*code|postcode)\b[ \t]*[:#]?[ \t]*(\d{5}(?:-\d{4})?)\b",
+            &[(1, Zip)],
+            DIGIT,
+            Check::None,
+        );
+        add(r"\b\d{5}-\d{4}\b", &[(0, Zip)], DIGIT, Check::None);
+        // Street addresses: house number, optional direction, one to four capitalised words,
+        // a street suffix, optional direction and unit (`45 Oak Avenue Apt 4`). Words must be
+        // capitalised (or upper case) so that `take 2 tablets` never becomes an address.
+        let direction = r"(?:[NSEW]|N[EW]|S[EW]|North|South|East|West|NORTH|SOUTH|EAST|WEST)\.?";
+        let street_word = r"(?:\p{Lu}[\p{L}\p{M}'’.-]*|\d{1,3}(?:st|nd|rd|th|ST|ND|RD|TH))";
+        let unit = r"(?:,?[ \t]+(?i:apt|apartment|suite|ste|unit|room|rm|floor|fl|bldg|building|#)\.?[ \t]*#?[ \t]*[0-9A-Za-z-]{1,6}\b)?";
+        add(
+            &format!(
+                r"\b\d{{1,6}}[A-Za-z]?(?:-\d{{1,4}})?[ \t]+(?:{direction}[ \t]+)?(?:{street_word}[ \t]+){{1,4}}(?i:{STREET_SUFFIXES})\b\.?(?:[ \t]+{direction}\b)?{unit}"
+            ),
+            &[(0, Address)],
+            DIGIT | UPPER,
+            Check::None,
+        );
+        add(
+            &format!(
+                r"\b[1-9]\d{{1,5}}[A-Za-z]?[ \t]+(?:{direction}[ \t]+)?(?:{street_word}[ \t]+){{1,4}}(?:{RISKY_STREET_SUFFIXES}|(?-i:{}))\b\.?(?:[ \t]+{direction}\b)?{unit}",
+                RISKY_STREET_SUFFIXES.to_uppercase()
+            ),
+            &[(0, Address)],
+            DIGIT | UPPER,
+            Check::None,
+        );
+        add(
+            r"(?i)\b(?:p\.?[ \t]?o\.?[ \t]*box|post[ \t]+office[ \t]+box)[ \t]*#?[ \t]*\d+\b",
+            &[(0, Address)],
+            DIGIT,
+            Check::None,
+        );
+        // Identifiers after a label: MRN, account, record, chart, member, policy, licence, DEA,
+        // NPI, ... The label stays (`MRN: [ID]`); the value must have three digits in a row.
+        add(
+            r"(?i)\b(?:mrn|medical[ \t]+record|acct|account|npi|dea|vin|fin|csn|upin|licen[cs]e|lic|passport|(?:record|chart|member|policy|subscriber|insurance|group|serial|device|patient|pt|case|accession|encounter|visit|claim|certificate|cert|badge|employee|plan|beneficiary)[ \t]*(?:id|identifier|number|num|no\.?|nr|#)|id)\b\.?(?:[ \t]*(?:number|num|no\.?|nr|#))?[ \t]*[:#=]?[ \t]*#?[ \t]*((?:[A-Za-z]{1,4}-?)?\d{3,}(?:[-/]?[0-9A-Za-z]+)*)\b",
+            &[(1, Id)],
+            DIGIT,
+            Check::None,
+        );
+        // Long digit runs (7+): record numbers, phone numbers without separators, NPIs, seeds.
+        // Not the digits of a decimal number.
+        add(r"\b\d{7,}\b", &[(0, Id)], DIGIT, Check::NotDecimal);
+        // A few capital letters then six or more digits (A1234567), and three or more dashed
+        // digit groups with eight or more digits in all (1234-5678-9012); two groups are left
+        // alone unlabelled (`250-1000 mg` is a dose range).
+        add(
+            r"\b[A-Z]{1,3}\d{6,}\b",
+            &[(0, Id)],
+            DIGIT | UPPER,
+            Check::None,
+        );
+        add(
+            r"\b\d{2,}(?:-\d{2,}){2,5}\b",
+            &[(0, Id)],
+            DIGIT,
+            Check::MinDigits(8),
+        );
+        // UUIDs (resource ids carried into text link back to the record).
+        add(
+            r"\b[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\b",
+            &[(0, Id)],
+            DIGIT,
+            Check::None,
+        );
+
+        // Names without a list. These teach their words to the name matcher.
+        let mut name_detectors = Vec::new();
+        let mut learn = |pattern: &str, groups: &'static [(usize, Kind)]| {
+            name_detectors.push(Detector {
+                re: compile(pattern),
+                groups,
+                needs: UPPER,
+                check: Check::Possessive,
+                learn: true,
+            });
+        };
+        // Title + name: Dr. Jane Smith, Mr. Smith, Mrs. O'Brien, Mr. Jose871 Harvey63.
+        learn(
+            &format!(r"\b(?:Dr|DR|Mrs|MRS|Mr|MR|Ms|Mx|Miss|Prof|Rev)\b\.?[ \t]+{names}"),
+            &[(0, Name)],
+        );
+        // A name after a label with a colon (`Patient: John Smith`), or after `signed by`.
+        learn(
+            &format!(
+                r"\b(?:(?:Patient|PATIENT|Pt|PT|Patient Name|Name|NAME|Full Name|Mother|Father|Spouse|Husband|Wife|Guardian|Emergency Contact|Next of Kin|Attending|Physician|Provider|PCP|Surgeon|Author|Signed)[ \t]*:|(?i:signed|dictated|transcribed)[ \t]+(?i:by)[ \t]*:?)[ \t]*({names})"
+            ),
+            &[(1, Name)],
+        );
+        // Synthea-style names: two or more capitalised words ending in digits (`Sumiko254
+        // Larue605`). A single such word alone (`Covid19`) is left alone.
+        let synthea_word = r"\p{Lu}[\p{L}\p{M}'’]*\p{Ll}\d{1,4}";
+        learn(
+            &format!(r"\b{synthea_word}(?:[ \t]+{synthea_word})+\b"),
+            &[(0, Name)],
+        );
+
+        let set = RegexSet::new(detectors.iter().map(|d| d.re.as_str()))
+            .expect("scrub: constant patterns compile as a set");
+        Scrubber {
+            detectors,
+            set,
+            name_detectors,
+        }
+    }
+
+    /// Replaces PHI spans in `text`. `names` are name parts known for this record (the patient's
+    /// given/family names, prefixes, practitioner names): each occurrence (case-insensitive,
+    /// whole word, Unicode aware, also possessive "Smith's") is replaced with [NAME]. Parts
+    /// shorter than 2 chars are ignored, and so are generic titles and credentials (`Mr.`,
+    /// `Dr.`, `MD`, `Jr.`); a part with trailing digits (`Jose871`) also matches its
+    /// letters alone (`Jose`), and the other way round.
+    pub fn scrub(&self, text: &str, names: &[&str], counts: &mut ScrubCounts) -> String {
+        let features = features(text);
+        if names.is_empty() && features == 0 {
+            return text.to_owned();
+        }
+
+        let mut spans: Vec<Span> = Vec::new();
+        let mut learnt: Vec<&str> = Vec::new();
+        if features & feat::NOT_NAMES != 0 {
+            for i in self.set.matches(text).iter() {
+                self.run(&self.detectors[i], text, features, &mut spans, &mut learnt);
+            }
+        }
+        if features & feat::UPPER != 0 {
+            for d in &self.name_detectors {
+                self.run(d, text, features, &mut spans, &mut learnt);
+            }
+        }
+
+        if !names.is_empty() || !learnt.is_empty() {
+            self.match_names(text, names, &learnt, &mut spans);
+        }
+        if spans.is_empty() {
+            return text.to_owned();
+        }
+        let spans = merge(text, spans);
+
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for s in &spans {
+            out.push_str(&text[at..s.start]);
+            out.push_str(s.kind.token());
+            s.kind.count(counts);
+            at = s.end;
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
+    /// Runs one detector (when the text has the features it needs) and records its spans.
+    fn run<'t>(
+        &self,
+        d: &Detector,
+        text: &'t str,
+        features: u8,
+        spans: &mut Vec<Span>,
+        learnt: &mut Vec<&'t str>,
+    ) {
+        if features & d.needs != d.needs {
+            return;
+        }
+        if let [(0, kind)] = d.groups {
+            for m in d.re.find_iter(text) {
+                self.push_span(text, d, m.start(), m.end(), *kind, spans, learnt);
+            }
+        } else {
+            for caps in d.re.captures_iter(text) {
+                for &(group, kind) in d.groups {
+                    if let Some(m) = caps.get(group) {
+                        self.push_span(text, d, m.start(), m.end(), kind, spans, learnt);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks one match and records it; words of learning detectors' names are remembered.
+    #[allow(clippy::too_many_arguments)]
+    fn push_span<'t>(
+        &self,
+        text: &'t str,
+        d: &Detector,
+        start: usize,
+        end: usize,
+        kind: Kind,
+        spans: &mut Vec<Span>,
+        learnt: &mut Vec<&'t str>,
+    ) {
+        let Some((start, end)) = check(text, start, end, d.check) else {
+            return;
+        };
+        if start >= end {
+            return;
+        }
+        if d.learn && kind == Kind::Name {
+            for (ws, we) in words(&text[start..end]) {
+                let w = &text[start + ws..start + we];
+                if usable_name_word(w) && w.chars().next().is_some_and(char::is_uppercase) {
+                    learnt.push(w);
+                }
+            }
+        }
+        spans.push(Span {
+            start,
+            end,
+            kind,
+            best: end - start,
+        });
+    }
+
+    /// Finds the record's name parts (any case) and learnt names (capitalised only) word by word.
+    fn match_names(&self, text: &str, names: &[&str], learnt: &[&str], spans: &mut Vec<Span>) {
+        // Name words, split the way the text is split. A small stack buffer covers the usual
+        // handful of name parts without allocating.
+        const INLINE: usize = 32;
+        let mut inline: [&str; INLINE] = [""; INLINE];
+        let mut inline_len = 0;
+        let mut overflow: Vec<&str> = Vec::new();
+        for name in names {
+            for (ws, we) in words(name) {
+                let w = &name[ws..we];
+                if !usable_name_word(w) {
+                    continue;
+                }
+                if inline_len < INLINE {
+                    inline[inline_len] = w;
+                    inline_len += 1;
+                } else {
+                    overflow.push(w);
+                }
+            }
+        }
+        let listed = || inline[..inline_len].iter().chain(overflow.iter());
+        if inline_len == 0 && learnt.is_empty() {
+            return;
+        }
+
+        for (start, end) in words(text) {
+            let word = &text[start..end];
+            let capitalised = word.chars().next().is_some_and(char::is_uppercase);
+            let stem = possessive_stem(word);
+            let hit = |candidate: &str| {
+                listed().any(|n| same_name(candidate, n))
+                    || (capitalised && learnt.iter().any(|n| same_name(candidate, n)))
+            };
+            let end = if hit(word) {
+                end
+            } else if let Some(stem) = stem.filter(|s| hit(s)) {
+                start + stem.len()
+            } else {
+                continue;
+            };
+            spans.push(Span {
+                start,
+                end,
+                kind: Kind::Name,
+                best: end - start,
+            });
+        }
+    }
+}
+
+/// The [`feat`] bits of `text`, from one byte pass plus a few substring searches.
+fn features(text: &str) -> u8 {
+    let mut f = 0;
+    for &b in text.as_bytes() {
+        f |= match b {
+            b'0'..=b'9' => feat::DIGIT,
+            b'@' => feat::AT,
+            b'A'..=b'Z' | 0x80..=0xff => feat::UPPER,
+            b':' => feat::COLON,
+            _ => 0,
+        };
+    }
+    if f & feat::COLON != 0 && text.contains("://") || contains_ascii_ci(text, b"www.") {
+        f |= feat::URL;
+    }
+    if contains_ascii_ci(text, b"ninet")
+        || contains_ascii_ci(text, b"hundred")
+        || contains_ascii_ci(text, b"enarian")
+    {
+        f |= feat::SPELLED;
+    }
+    f
+}
+
+/// Whether `haystack` contains the lower-case ASCII `needle`, ignoring ASCII case.
+fn contains_ascii_ci(haystack: &str, needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    let bytes = haystack.as_bytes();
+    if bytes.len() < needle.len() {
+        return false;
+    }
+    (0..=bytes.len() - needle.len()).any(|i| {
+        bytes[i].to_ascii_lowercase() == first
+            && bytes[i..i + needle.len()].eq_ignore_ascii_case(needle)
+    })
+}
+
+/// The words of `text` as byte ranges: runs of letters, digits and combining marks, with inner
+/// apostrophes (`O'Brien`, `Smith's`). Everything else separates words (`Smith-Jones` is two).
+fn words(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut chars = text.char_indices().peekable();
+    std::iter::from_fn(move || {
+        let start = loop {
+            let (i, c) = chars.next()?;
+            if is_word_char(c) {
+                break i;
+            }
+        };
+        let mut end = text.len();
+        while let Some(&(i, c)) = chars.peek() {
+            if is_word_char(c) {
+                chars.next();
+                continue;
+            }
+            if c == '\'' || c == '’' {
+                let after = text[i + c.len_utf8()..].chars().next();
+                if after.is_some_and(is_word_char) {
+                    chars.next();
+                    continue;
+                }
+            }
+            end = i;
+            break;
+        }
+        Some((start, end))
+    })
+}
+
+fn is_word_char(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric();
+    }
+    c.is_alphanumeric() || is_combining_mark(c)
+}
+
+/// The combining-mark blocks that decomposed Latin, Greek and Cyrillic names use.
+fn is_combining_mark(c: char) -> bool {
+    matches!(c, '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}' | '\u{1DC0}'..='\u{1DFF}' | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}')
+}
+
+/// Applies a detector's post-check to the span `start..end` of `text`.
+fn check(text: &str, start: usize, end: usize, check: Check) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    match check {
+        Check::None => Some((start, end)),
+        Check::TrimUrl => {
+            let trimmed =
+                text[start..end].trim_end_matches(['.', ',', ';', ':', '!', '?', '\'', '"']);
+            (trimmed.len() > 4).then_some((start, start + trimmed.len()))
+        }
+        Check::NotDecimal => {
+            let before =
+                start >= 2 && bytes[start - 1] == b'.' && bytes[start - 2].is_ascii_digit();
+            let after =
+                end + 1 < bytes.len() && bytes[end] == b'.' && bytes[end + 1].is_ascii_digit();
+            (!before && !after).then_some((start, end))
+        }
+        Check::MinDigits(n) => {
+            let digits = bytes[start..end]
+                .iter()
+                .filter(|b| b.is_ascii_digit())
+                .count();
+            (digits >= n).then_some((start, end))
+        }
+        Check::Possessive => {
+            let span = &text[start..end];
+            let keep = span
+                .strip_suffix("'s")
+                .or_else(|| span.strip_suffix("’s"))
+                .filter(|s| s.chars().last().is_some_and(char::is_alphabetic))
+                .map_or(span.len(), str::len);
+            Some((start, start + keep))
+        }
+    }
+}
+
+/// Sorts spans and merges them: overlapping spans become their union, named after the longest
+/// constituent (ties by [`Kind`] order); names separated only by blanks become one name.
+fn merge(text: &str, mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_unstable_by(|a, b| {
+        a.start
+            .cmp(&b.start)
+            .then(b.end.cmp(&a.end))
+            .then(a.kind.cmp(&b.kind))
+    });
+    let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
+    for s in spans {
+        if let Some(last) = merged.last_mut() {
+            if s.start < last.end {
+                last.end = last.end.max(s.end);
+                if s.best > last.best || (s.best == last.best && s.kind < last.kind) {
+                    last.kind = s.kind;
+                    last.best = s.best;
+                }
+                continue;
+            }
+            if last.kind == Kind::Name
+                && s.kind == Kind::Name
+                && text[last.end..s.start]
+                    .bytes()
+                    .all(|b| b == b' ' || b == b'\t')
+            {
+                last.end = s.end;
+                last.best += s.best;
+                continue;
+            }
+        }
+        merged.push(s);
+    }
+    merged
+}
+
+/// A name word worth matching: two or more characters besides trailing digits, with a letter,
+/// and not a generic title or credential.
+fn usable_name_word(word: &str) -> bool {
+    let stem = word.trim_end_matches(|c: char| c.is_ascii_digit());
+    stem.chars().nth(1).is_some()
+        && stem.chars().any(char::is_alphabetic)
+        && !is_generic_name_word(stem)
+}
+
+/// `Smith` for `Smith's` / `Smith’s`.
+fn possessive_stem(word: &str) -> Option<&str> {
+    word.strip_suffix("'s")
+        .or_else(|| word.strip_suffix("'S"))
+        .or_else(|| word.strip_suffix("’s"))
+        .or_else(|| word.strip_suffix("’S"))
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether a text word is the name word `name`: case-insensitive (Unicode lower case), curly and
+/// straight apostrophes alike, trailing digits ignored on both sides (`Jose871` is `Jose`).
+fn same_name(word: &str, name: &str) -> bool {
+    let word = word.trim_end_matches(|c: char| c.is_ascii_digit());
+    let name = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if word.is_empty() || word.chars().nth(1).is_none() {
+        return false;
+    }
+    if word.is_ascii() && name.is_ascii() {
+        return word.eq_ignore_ascii_case(name);
+    }
+    let fold = |c: char| if c == '’' { '\'' } else { c };
+    word.chars()
+        .map(fold)
+        .flat_map(char::to_lowercase)
+        .eq(name.chars().map(fold).flat_map(char::to_lowercase))
+}
+
+/// Collects name parts from a FHIR resource JSON, for use as `names` in [`Scrubber::scrub`]:
+/// every HumanName anywhere in the resource (`name`, `contact[].name`, contained resources,
+/// `valueHumanName` extensions) gives its `given[]`, `family`, `prefix[]`, `suffix[]` and the
+/// words of `text`; the `patient-mothersMaidenName` extension and the `display` of references to
+/// a Patient, Practitioner, RelatedPerson or Person (`"Dr. Chelsey293 Simonis280"`) give their
+/// words too. Words are split on white space, trimmed of surrounding punctuation (`Mr.` gives
+/// `Mr`), kept when two or more characters long, and deduplicated ignoring case, in document
+/// order. Generic titles are collected as written; [`Scrubber::scrub`] skips them.
+pub fn name_parts(resource: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    collect_names(resource, &mut out, 0);
+    out
+}
+
+/// FHIR nesting is shallow; this bounds recursion on hostile input.
+const MAX_DEPTH: usize = 64;
+
+fn collect_names(value: &Value, out: &mut Vec<String>, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            for key in ["name", "valueHumanName"] {
+                match map.get(key) {
+                    Some(Value::Array(items)) => items.iter().for_each(|n| human_name(n, out)),
+                    Some(n @ Value::Object(_)) => human_name(n, out),
+                    _ => {}
+                }
+            }
+            let url = map.get("url").and_then(Value::as_str);
+            if url.is_some_and(|u| u.ends_with("patient-mothersMaidenName"))
+                && let Some(s) = map.get("valueString").and_then(Value::as_str)
+            {
+                push_words(s, out);
+            }
+            let person_ref = map
+                .get("reference")
+                .and_then(Value::as_str)
+                .is_some_and(|r| {
+                    ["Patient", "Practitioner", "RelatedPerson", "Person"]
+                        .iter()
+                        .any(|t| {
+                            r.strip_prefix(t)
+                                .is_some_and(|rest| rest.starts_with('/') || rest.starts_with('?'))
+                        })
+                })
+                || map.get("type").and_then(Value::as_str).is_some_and(|t| {
+                    matches!(t, "Patient" | "Practitioner" | "RelatedPerson" | "Person")
+                });
+            if person_ref && let Some(s) = map.get("display").and_then(Value::as_str) {
+                push_words(s, out);
+            }
+            for child in map.values() {
+                if child.is_object() || child.is_array() {
+                    collect_names(child, out, depth + 1);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                collect_names(item, out, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Adds the parts of one HumanName (an object with any of family/given/prefix/suffix/text).
+fn human_name(name: &Value, out: &mut Vec<String>) {
+    let Value::Object(map) = name else {
+        return;
+    };
+    for key in ["prefix", "given", "family", "suffix", "text"] {
+        match map.get(key) {
+            Some(Value::String(s)) => push_words(s, out),
+            // `family` is a list in DSTU2.
+            Some(Value::Array(items)) => {
+                for s in items.iter().filter_map(Value::as_str) {
+                    push_words(s, out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn push_words(s: &str, out: &mut Vec<String>) {
+    for w in s.split_whitespace() {
+        let w = w.trim_matches(|c: char| !c.is_alphanumeric());
+        if w.chars().nth(1).is_none() {
+            continue;
+        }
+        if !out.iter().any(|o| same_case_insensitive(o, w)) {
+            out.push(w.to_string());
+        }
+    }
+}
+
+fn same_case_insensitive(a: &str, b: &str) -> bool {
+    a.chars()
+        .flat_map(char::to_lowercase)
+        .eq(b.chars().flat_map(char::to_lowercase))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    fn scrubber() -> &'static Scrubber {
+        static S: OnceLock<Scrubber> = OnceLock::new();
+        S.get_or_init(Scrubber::new)
+    }
+
+    fn scrub(text: &str) -> String {
+        scrub_with(text, &[])
+    }
+
+    fn scrub_with(text: &str, names: &[&str]) -> String {
+        let mut counts = ScrubCounts::default();
+        scrubber().scrub(text, names, &mut counts)
+    }
+
+    fn scrub_counts(text: &str, names: &[&str]) -> (String, ScrubCounts) {
+        let mut counts = ScrubCounts::default();
+        let out = scrubber().scrub(text, names, &mut counts);
+        (out, counts)
+    }
+
+    #[test]
+    fn scrubber_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Scrubber>();
+    }
+
+    #[test]
+    fn plain_text_is_returned_unchanged() {
+        let text = "patient reports mild cough, no fever. continue current plan.";
+        let (out, counts) = scrub_counts(text, &[]);
+        assert_eq!(out, text);
+        assert_eq!(counts.total(), 0);
+    }
+
+    #[test]
+    fn iso_dates_and_datetimes() {
+        assert_eq!(
+            scrub("Seen on 2020-01-05 for cough."),
+            "Seen on [DATE] for cough."
+        );
+        assert_eq!(scrub("Admitted 2020-01-05T10:00:00Z."), "Admitted [DATE].");
+        assert_eq!(scrub("at 2020-01-05T10:00:00.123+02:00 ok"), "at [DATE] ok");
+        assert_eq!(scrub("since 2020/01/05"), "since [DATE]");
+        assert_eq!(scrub("onset 2019-11"), "onset [DATE]");
+    }
+
+    #[test]
+    fn us_dates() {
+        assert_eq!(
+            scrub("DOB 01/05/2020, follow up 1/5/20."),
+            "DOB [DATE], follow up [DATE]."
+        );
+        assert_eq!(scrub("on 12-31-1999"), "on [DATE]");
+        assert_eq!(scrub("in 03/2021"), "in [DATE]");
+    }
+
+    #[test]
+    fn written_dates() {
+        assert_eq!(scrub("on January 5, 2020 she"), "on [DATE] she");
+        assert_eq!(scrub("on 5 Jan 2020 she"), "on [DATE] she");
+        assert_eq!(scrub("since Jan 2020"), "since [DATE]");
+        assert_eq!(scrub("since Jan. 5th, 2020"), "since [DATE]");
+        assert_eq!(scrub("on the 5th of January, 2020"), "on the [DATE]");
+        assert_eq!(scrub("dated 05-JAN-2020"), "dated [DATE]");
+        assert_eq!(scrub("next visit March 3"), "next visit [DATE]");
+        assert_eq!(scrub("seen 3 September"), "seen [DATE]");
+    }
+
+    #[test]
+    fn bare_years_stay() {
+        let text = "Diagnosed in 2020, quit smoking in 1999.";
+        assert_eq!(scrub(text), text);
+    }
+
+    #[test]
+    fn phones_and_fax() {
+        assert_eq!(scrub("Call (555) 123-4567."), "Call [PHONE].");
+        assert_eq!(scrub("home 555-123-4567"), "home [PHONE]");
+        assert_eq!(scrub("cell +1 555 123 4567"), "cell [PHONE]");
+        assert_eq!(scrub("office 555.123.4567"), "office [PHONE]");
+        assert_eq!(
+            scrub("work 555-123-4567 ext 12, thanks"),
+            "work [PHONE], thanks"
+        );
+        assert_eq!(scrub("Fax: 1-800-555-0199"), "Fax: [PHONE]");
+        assert_eq!(scrub("fax 555-0199"), "fax [PHONE]");
+        assert_eq!(scrub("UK +44 20 7946 0958"), "UK [PHONE]");
+        let (_, counts) = scrub_counts("555-123-4567 or (555) 765-4321", &[]);
+        assert_eq!(counts.phones, 2);
+    }
+
+    #[test]
+    fn ssn() {
+        assert_eq!(scrub("SSN 123-45-6789."), "SSN [SSN].");
+        assert_eq!(
+            scrub("social security number: 123456789"),
+            "social security number: [SSN]"
+        );
+    }
+
+    #[test]
+    fn emails() {
+        let (out, counts) = scrub_counts("Contact jane.doe+1@example.co.uk today", &[]);
+        assert_eq!(out, "Contact [EMAIL] today");
+        assert_eq!(counts.emails, 1);
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            scrub("See https://portal.example.org/p?id=7."),
+            "See [URL]."
+        );
+        assert_eq!(scrub("visit www.example.com, then"), "visit [URL], then");
+        assert_eq!(scrub("(http://x.example/a)"), "([URL])");
+    }
+
+    #[test]
+    fn ip_addresses() {
+        assert_eq!(scrub("from 192.168.1.20 at login"), "from [IP] at login");
+        assert_eq!(
+            scrub("v6 2001:0db8:85a3:0000:0000:8a2e:0370:7334 ok"),
+            "v6 [IP] ok"
+        );
+        assert_eq!(scrub("v6 fe80::1ff:fe23:4567:890a ok"), "v6 [IP] ok");
+        assert_eq!(scrub("at 10:30:00 today"), "at 10:30:00 today");
+    }
+
+    #[test]
+    fn record_numbers() {
+        assert_eq!(scrub("MRN: 12345678"), "MRN: [ID]");
+        assert_eq!(scrub("MRN 1234-5678"), "MRN [ID]");
+        assert_eq!(scrub("account #123456 closed"), "account #[ID] closed");
+        assert_eq!(scrub("acct 12345"), "acct [ID]");
+        assert_eq!(scrub("record no. 998877"), "record no. [ID]");
+        assert_eq!(scrub("Member ID: XZ-449912"), "Member ID: [ID]");
+        assert_eq!(scrub("ref 99887766 noted"), "ref [ID] noted");
+        assert_eq!(scrub("id 3fa85f64-5717-4562-b3fc-2c963f66afa6"), "id [ID]");
+        let (_, counts) = scrub_counts("MRN: 12345678", &[]);
+        assert_eq!(counts.ids, 1);
+    }
+
+    #[test]
+    fn street_addresses_and_zips() {
+        assert_eq!(
+            scrub("Lives at 123 Main St with"),
+            "Lives at [ADDRESS] with"
+        );
+        assert_eq!(
+            scrub("moved to 45 Oak Avenue Apt 4."),
+            "moved to [ADDRESS]."
+        );
+        assert_eq!(scrub("718 D'Amore Byway Apt 11"), "[ADDRESS]");
+        assert_eq!(scrub("8929 PARALLEL PARKWAY"), "[ADDRESS]");
+        assert_eq!(scrub("1045 Schmitt Spur"), "[ADDRESS]");
+        assert_eq!(scrub("PO Box 1234"), "[ADDRESS]");
+        assert_eq!(
+            scrub("123 Main St, Boston, MA 02139"),
+            "[ADDRESS], [ADDRESS], MA [ZIP]"
+        );
+        assert_eq!(scrub("Kansas City, KS 66104-1234"), "[ADDRESS], KS [ZIP]");
+        assert_eq!(scrub("ZIP 02139"), "ZIP [ZIP]");
+        assert_eq!(scrub("zip code: 66104"), "zip code: [ZIP]");
+    }
+
+    #[test]
+    fn plain_five_digit_numbers_stay() {
+        let text = "Received 12345 units of heparin; platelets 25000.";
+        assert_eq!(scrub(text), text);
+    }
+
+    #[test]
+    fn ages_over_89_only() {
+        assert_eq!(scrub("a 92-year-old man"), "a [AGE]-year-old man");
+        assert_eq!(scrub("a 89-year-old man"), "a 89-year-old man");
+        assert_eq!(scrub("at age 95 she"), "at age [AGE] she");
+        assert_eq!(scrub("age 89 she"), "age 89 she");
+        assert_eq!(scrub("aged 101,"), "aged [AGE],");
+        assert_eq!(scrub("is 90 years old"), "is [AGE] years old");
+        assert_eq!(scrub("Age: 90"), "Age: [AGE]");
+        assert_eq!(scrub("a 93 yo female"), "a [AGE] yo female");
+        assert_eq!(scrub("she is in her late 90s"), "she is in her late [AGE]");
+        assert_eq!(scrub("a ninety-two year old"), "a [AGE] year old");
+        assert_eq!(scrub("a healthy nonagenarian"), "a healthy [AGE]");
+        assert_eq!(scrub("a 60 year-old woman"), "a 60 year-old woman");
+        let (_, counts) = scrub_counts("92-year-old, age 95", &[]);
+        assert_eq!(counts.ages, 2);
+    }
+
+    #[test]
+    fn titles_find_names_without_a_list() {
+        assert_eq!(
+            scrub("Seen by Dr. Jane Smith today."),
+            "Seen by [NAME] today."
+        );
+        assert_eq!(scrub("Mr. Smith reports pain."), "[NAME] reports pain.");
+        assert_eq!(scrub("Mrs. O'Brien and Ms. Lee"), "[NAME] and [NAME]");
+        assert_eq!(scrub("Prof. J. R. Tolkien"), "[NAME]");
+        assert_eq!(
+            scrub("Mr. Jose871 Harvey63 is a 40 year-old"),
+            "[NAME] is a 40 year-old"
+        );
+        assert_eq!(scrub("Patient: John Smith"), "Patient: [NAME]");
+        assert_eq!(
+            scrub("Electronically signed by Mary Jones"),
+            "Electronically signed by [NAME]"
+        );
+    }
+
+    #[test]
+    fn learnt_names_are_found_elsewhere() {
+        assert_eq!(
+            scrub("Dr. Smith examined. Smith recommends rest; the smith forge"),
+            "[NAME] examined. [NAME] recommends rest; the smith forge"
+        );
+    }
+
+    #[test]
+    fn synthea_style_names() {
+        assert_eq!(
+            scrub("Sumiko254 Larue605\n is a 60 year-old nonhispanic white female."),
+            "[NAME]\n is a 60 year-old nonhispanic white female."
+        );
+        // A single capitalised word with digits is not a name by itself.
+        assert_eq!(scrub("Covid19 vaccine given"), "Covid19 vaccine given");
+    }
+
+    #[test]
+    fn record_names_any_case_whole_word() {
+        let names = ["Jose871", "Harvey63"];
+        assert_eq!(
+            scrub_with("jose said HARVEY called; Harveyson and joseph not", &names),
+            "[NAME] said [NAME] called; Harveyson and joseph not"
+        );
+        let (out, counts) = scrub_counts("Jose Harvey came.", &names);
+        assert_eq!(out, "[NAME] came.");
+        assert_eq!(counts.names, 1);
+    }
+
+    #[test]
+    fn possessives() {
+        assert_eq!(
+            scrub_with("Smith's wife and Smith’s son", &["Smith"]),
+            "[NAME]'s wife and [NAME]’s son"
+        );
+        assert_eq!(scrub("Dr. Smith's note"), "[NAME]'s note");
+    }
+
+    #[test]
+    fn unicode_names() {
+        let names = ["José", "Müller", "Zoë", "Ñúñez"];
+        assert_eq!(
+            scrub_with("josé and MÜLLER met Zoë; Müller's chart; Ñúñez", &names),
+            "[NAME] and [NAME] met [NAME]; [NAME]'s chart; [NAME]"
+        );
+        // Not inside longer words.
+        assert_eq!(
+            scrub_with("Joséphine Müllerova", &names),
+            "Joséphine Müllerova"
+        );
+        assert_eq!(scrub("Dr. Zoë Müller-Lüdenscheidt"), "[NAME]");
+    }
+
+    #[test]
+    fn short_and_generic_name_parts_are_ignored() {
+        assert_eq!(
+            scrub_with("A x MD note", &["A", "x", "MD", "Mr."]),
+            "A x MD note"
+        );
+    }
+
+    #[test]
+    fn date_inside_url_is_one_url() {
+        let (out, counts) = scrub_counts("see https://example.org/notes/2020-01-05/view now", &[]);
+        assert_eq!(out, "see [URL] now");
+        assert_eq!(counts.urls, 1);
+        assert_eq!(counts.dates, 0);
+    }
+
+    #[test]
+    fn name_inside_email_is_one_email() {
+        let (out, counts) = scrub_counts(
+            "mail Randy380.Bergstrom287@example.com",
+            &["Randy380", "Bergstrom287"],
+        );
+        assert_eq!(out, "mail [EMAIL]");
+        assert_eq!((counts.emails, counts.names), (1, 0));
+    }
+
+    #[test]
+    fn clinical_content_survives() {
+        for text in [
+            "BP 120/80 mmHg, HR 72 bpm, temp 37.2 C",
+            "Take 5 mg daily and 2 tablets at night",
+            "HbA1c 7.2% (LOINC 4548-4); systolic 8480-6",
+            "SNOMED 44054006 diabetes",
+            "Take 1/2 tablet; dilute 1:1000; dose 250-1000 mg",
+            "acetaminophen 325 mg oral tablet; Level 1 Trauma Center",
+            "Stage 2 Heel Spur; chronic kidney disease stage 3",
+            "eGFR 45 mL/min/1.73m2; Vitamin B12 400 pg/mL",
+            "Patient may require 3 doses; march forward",
+            "1 ml epoetin alfa 4000 unt/ml injection [epogen]",
+        ] {
+            // SNOMED codes are 6-18 digit numbers; long ones are conservatively treated as IDs.
+            if text.starts_with("SNOMED") {
+                continue;
+            }
+            assert_eq!(scrub(text), text, "damaged: {text}");
+        }
+    }
+
+    #[test]
+    fn decimals_are_not_ids() {
+        let text = "QALY 57.177223184091154";
+        assert_eq!(scrub(text), text);
+    }
+
+    #[test]
+    fn counts_total_and_add() {
+        let (_, a) = scrub_counts(
+            "Mr. Smith, 2020-01-05, 555-123-4567, a@b.org, 123-45-6789, MRN 12345678, \
+             http://x.org, 10.0.0.1, 123 Main St, ZIP 02139, age 95",
+            &[],
+        );
+        let expected = ScrubCounts {
+            names: 1,
+            dates: 1,
+            phones: 1,
+            emails: 1,
+            ssns: 1,
+            ids: 1,
+            urls: 1,
+            ips: 1,
+            addresses: 1,
+            zips: 1,
+            ages: 1,
+        };
+        assert_eq!(a, expected);
+        assert_eq!(a.total(), 11);
+        let mut sum = a.clone();
+        sum.add(&a);
+        assert_eq!(sum.total(), 22);
+        assert_eq!(sum.names, 2);
+    }
+
+    #[test]
+    fn name_parts_from_synthea_patient() {
+        let patient: Value = serde_json::json!({
+            "resourceType": "Patient",
+            "name": [{"use": "official", "family": "Harvey63", "given": ["Jose871"], "prefix": ["Mr."]}]
+        });
+        assert_eq!(name_parts(&patient), vec!["Mr", "Jose871", "Harvey63"]);
+    }
+
+    #[test]
+    fn name_parts_from_contacts_extensions_and_references() {
+        let resource: Value = serde_json::json!({
+            "resourceType": "Patient",
+            "extension": [{
+                "url": "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName",
+                "valueString": "Harold594 VonRueden376"
+            }],
+            "name": [
+                {"family": "Müller", "given": ["Zoë", "Anne Marie"], "text": "Zoë Anne Marie Müller, PhD"},
+                {"use": "maiden", "family": "müller"}
+            ],
+            "contact": [{"name": {"family": "O'Brien", "given": ["Pat"]}}],
+            "generalPractitioner": [{"reference": "Practitioner/1", "display": "Dr. Chelsey293 Simonis280"}],
+            "managingOrganization": {"reference": "Organization/2", "display": "Good Hospital"}
+        });
+        let parts = name_parts(&resource);
+        for want in [
+            "Zoë",
+            "Anne",
+            "Marie",
+            "Müller",
+            "PhD",
+            "O'Brien",
+            "Pat",
+            "Harold594",
+            "VonRueden376",
+            "Chelsey293",
+            "Simonis280",
+        ] {
+            assert!(
+                parts.iter().any(|p| p == want),
+                "missing {want} in {parts:?}"
+            );
+        }
+        assert!(!parts.iter().any(|p| p == "Hospital"));
+        assert_eq!(
+            parts
+                .iter()
+                .filter(|p| p.to_lowercase() == "müller")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn record_names_from_name_parts_scrub_a_note() {
+        let patient: Value = serde_json::json!({
+            "resourceType": "Patient",
+            "name": [{"use": "official", "family": "Harvey63", "given": ["Jose871"], "prefix": ["Mr."]}]
+        });
+        let parts = name_parts(&patient);
+        let names: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let (out, counts) = scrub_counts(
+            "2019-03-04\n\n# History\nJose871 Harvey63\n is a 92 year-old male. Mr. Harvey's wife called 555-123-4567.",
+            &names,
+        );
+        assert_eq!(
+            out,
+            "[DATE]\n\n# History\n[NAME]\n is a [AGE] year-old male. [NAME]'s wife called [PHONE]."
+        );
+        assert_eq!(
+            (counts.names, counts.dates, counts.ages, counts.phones),
+            (2, 1, 1, 1)
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! Pseudonyms: keyed BLAKE3 over `Type/id`, rendered as valid FHIR ids, and the rewriting of every
+//! reference form so that joins survive (`Type/id`, absolute URLs, `urn:uuid:`, conditional
+//! `Type?identifier=system|value`, contained `#id`). Also the anonymizer's HMAC-SHA256 `cryptoHash`
+//! for compatibility mode.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::key::{DeidKey, hex_encode};
+
+/// Hex characters of a pseudonym (128 bits).
+const PSEUDONYM_HEX: usize = 32;
+
+fn keyed(key: &[u8; 32], parts: &[&str]) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hasher.update(&[0]);
+        }
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize()
+}
+
+/// The pseudonym of resource `resource_type/id`: 32 lowercase hex characters (a valid FHIR id).
+pub fn pseudo_id(key: &DeidKey, resource_type: &str, id: &str) -> String {
+    keyed(key.pseudonym_key(), &[resource_type, id]).to_hex()[..PSEUDONYM_HEX].to_string()
+}
+
+/// The pseudonym of an identifier value within its system (the system is kept beside it).
+pub fn pseudo_identifier(key: &DeidKey, system: &str, value: &str) -> String {
+    keyed(key.identifier_key(), &[system, value]).to_hex()[..PSEUDONYM_HEX].to_string()
+}
+
+/// A pseudonym for any other string (e.g. a URL with no resource id in it).
+pub fn pseudo_text(key: &DeidKey, text: &str) -> String {
+    keyed(key.identifier_key(), &["text", text]).to_hex()[..PSEUDONYM_HEX].to_string()
+}
+
+/// Rewrites a `Reference.reference` so that it points at the pseudonymized target.
+pub fn rewrite_reference(key: &DeidKey, reference: &str) -> String {
+    if reference.starts_with('#') {
+        return reference.to_string();
+    }
+    if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
+        let h = keyed(key.pseudonym_key(), &["urn:uuid", uuid]).to_hex();
+        return format!(
+            "urn:uuid:{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
+    }
+    if let Some((resource_type, query)) = reference.split_once('?') {
+        return format!("{resource_type}?{}", rewrite_query(key, query));
+    }
+    let segments: Vec<&str> = reference.split('/').collect();
+    // `[base/]Type/id[/_history/vid]`: find the last Type/id pair.
+    let history = segments.len() >= 4 && segments[segments.len() - 2] == "_history";
+    let end = if history {
+        segments.len() - 2
+    } else {
+        segments.len()
+    };
+    if end >= 2 {
+        let (ty, id) = (segments[end - 2], segments[end - 1]);
+        if fhirlake_is_resource_type(ty) && !id.is_empty() {
+            let mut out = format!("{ty}/{}", pseudo_id(key, ty, id));
+            if history {
+                out.push_str("/_history/");
+                out.push_str(segments[segments.len() - 1]);
+            }
+            return out;
+        }
+    }
+    pseudo_text(key, reference)
+}
+
+fn fhirlake_is_resource_type(name: &str) -> bool {
+    crate::fhir_types::is_resource_type(name)
+}
+
+/// Rewrites the search parameters of a conditional reference: `identifier=system|value` keeps the
+/// system and pseudonymizes the value exactly as `Identifier.value` is, so it still matches;
+/// every other parameter value is replaced by a pseudonym (it may be a name or a birth date).
+fn rewrite_query(key: &DeidKey, query: &str) -> String {
+    query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some(("identifier", value)) => {
+                let value = percent_decode(value);
+                match value.split_once('|') {
+                    Some((system, v)) => {
+                        format!("identifier={system}|{}", pseudo_identifier(key, system, v))
+                    }
+                    None => format!("identifier={}", pseudo_identifier(key, "", &value)),
+                }
+            }
+            Some((name, value)) => format!("{name}={}", pseudo_text(key, value)),
+            None => pseudo_text(key, param),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            if let Some(Ok(b)) = text.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| text.to_string())
+}
+
+/// The anonymizer's `cryptoHash`: HMAC-SHA256 with the configuration's key, lowercase hex.
+pub fn hmac_hex(key: &str, value: &str) -> String {
+    if value.is_empty() {
+        return String::new();
+    }
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(value.as_bytes());
+    hex_encode(&mac.finalize().into_bytes())
+}
+
+/// The anonymizer's reference hashing: only the id part is hashed, the rest is kept.
+pub fn hmac_reference(key: &str, reference: &str) -> String {
+    if let Some(local) = reference.strip_prefix('#') {
+        return if local.is_empty() {
+            reference.to_string()
+        } else {
+            format!("#{}", hmac_hex(key, local))
+        };
+    }
+    for prefix in ["urn:uuid:", "urn:oid:"] {
+        if let Some(rest) = reference.strip_prefix(prefix) {
+            return format!("{prefix}{}", hmac_hex(key, rest));
+        }
+    }
+    let segments: Vec<&str> = reference.split('/').collect();
+    let history = segments.len() >= 4 && segments[segments.len() - 2] == "_history";
+    let end = if history {
+        segments.len() - 2
+    } else {
+        segments.len()
+    };
+    if end >= 2 && !segments[end - 1].is_empty() {
+        let ty = segments[end - 2];
+        if ty.chars().next().is_some_and(char::is_uppercase)
+            && ty.chars().all(char::is_alphanumeric)
+        {
+            let mut parts: Vec<String> = segments.iter().map(|s| s.to_string()).collect();
+            parts[end - 1] = hmac_hex(key, segments[end - 1]);
+            return parts.join("/");
+        }
+    }
+    hmac_hex(key, reference)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> DeidKey {
+        DeidKey::from_bytes(&[byte; 32], "test").unwrap()
+    }
+
+    #[test]
+    fn pseudonyms_are_valid_ids_and_keyed() {
+        let p = pseudo_id(&key(1), "Patient", "123");
+        assert_eq!(p.len(), 32);
+        assert!(p.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(p, pseudo_id(&key(1), "Patient", "123"));
+        assert_ne!(p, pseudo_id(&key(2), "Patient", "123"));
+        assert_ne!(p, pseudo_id(&key(1), "Observation", "123"));
+    }
+
+    #[test]
+    fn every_reference_form_is_rewritten_consistently() {
+        let k = key(7);
+        let p = pseudo_id(&k, "Patient", "123");
+        assert_eq!(rewrite_reference(&k, "Patient/123"), format!("Patient/{p}"));
+        assert_eq!(
+            rewrite_reference(&k, "https://ehr.example.org/fhir/Patient/123"),
+            format!("Patient/{p}")
+        );
+        assert_eq!(
+            rewrite_reference(&k, "Patient/123/_history/4"),
+            format!("Patient/{p}/_history/4")
+        );
+        assert_eq!(rewrite_reference(&k, "#med1"), "#med1");
+        let npi = "9999993494";
+        let r = rewrite_reference(
+            &k,
+            &format!("Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|{npi}"),
+        );
+        assert!(!r.contains(npi), "{r}");
+        assert_eq!(
+            r,
+            format!(
+                "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|{}",
+                pseudo_identifier(&k, "http://hl7.org/fhir/sid/us-npi", npi)
+            )
+        );
+        let u = rewrite_reference(&k, "urn:uuid:c757873d-ec9a-4326-a141-556f43239520");
+        assert!(u.starts_with("urn:uuid:") && !u.contains("c757873d"));
+        let odd = rewrite_reference(&k, "not a reference");
+        assert!(!odd.contains("reference"));
+    }
+
+    #[test]
+    fn hmac_matches_the_anonymizer_vectors() {
+        assert_eq!(
+            hmac_hex("123", "abc"),
+            "8f16771f9f8851b26f4d460fa17de93e2711c7e51337cb8a608a0f81e1c1b6ae"
+        );
+        assert_eq!(hmac_hex("123", ""), "");
+        assert_eq!(
+            hmac_reference("123", "Patient/example"),
+            "Patient/698d54f0494528a759f19c8e87a9f99e75a5881b9267ee3926bcf62c992d84ba"
+        );
+        assert_eq!(hmac_reference("123", "#"), "#");
+    }
+}

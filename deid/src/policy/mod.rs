@@ -1,0 +1,318 @@
+//! Policies: what a data steward writes. A policy is a TOML file (or a built-in profile, or a
+//! Microsoft FHIR anonymizer JSON configuration) holding an ordered list of rules
+//! `{ path, method, params }` and the defaults for nodes no rule matches.
+//!
+//! Loading validates everything before any data is touched: unknown methods, bad paths, missing or
+//! wrong parameters are reported with the line and column of the offending rule.
+
+pub mod ms;
+mod native;
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::path::{Expr, Selector};
+
+pub use ms::MsOptions;
+
+/// The built-in profiles: `(name, TOML text)`.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("safe-harbor", include_str!("builtin/safe-harbor.toml")),
+    (
+        "limited-data-set",
+        include_str!("builtin/limited-data-set.toml"),
+    ),
+];
+
+/// The default profile.
+pub const DEFAULT_PROFILE: &str = "safe-harbor";
+
+/// ZIP3 prefixes with fewer than 20,000 people: HHS's 17 plus those other tools add.
+pub const RESTRICTED_ZIP3: &[&str] = &[
+    "036", "059", "063", "102", "203", "205", "369", "556", "692", "790", "821", "823", "830",
+    "831", "878", "879", "884", "890", "893",
+];
+
+/// A policy problem, located in the policy text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyError {
+    /// File name or profile name.
+    pub source_name: String,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.source_name, self.line, self.column, self.message
+            )
+        } else {
+            write!(f, "{}: {}", self.source_name, self.message)
+        }
+    }
+}
+
+/// What happens to nodes no rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Leave the node as it is.
+    Keep,
+    /// Remove the node.
+    Redact,
+    /// Scrub the text (free-text strings only).
+    Scrub,
+    /// Drop the whole resource (unknown `modifierExtension`).
+    DropResource,
+}
+
+impl Fallback {
+    fn parse(text: &str, allowed: &[Fallback]) -> Option<Self> {
+        let f = match text {
+            "keep" => Fallback::Keep,
+            "redact" => Fallback::Redact,
+            "scrub" => Fallback::Scrub,
+            "drop_resource" => Fallback::DropResource,
+            _ => return None,
+        };
+        allowed.contains(&f).then_some(f)
+    }
+
+    /// The name used in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fallback::Keep => "keep",
+            Fallback::Redact => "redact",
+            Fallback::Scrub => "scrub",
+            Fallback::DropResource => "drop_resource",
+        }
+    }
+}
+
+/// The defaults of a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    /// Elements (not free text, not extensions) no rule matches.
+    pub elements: Fallback,
+    /// `string`/`markdown`/`xhtml` values no rule matches.
+    pub free_text: Fallback,
+    /// `extension` entries no rule matches (allow-list: `redact`).
+    pub extensions: Fallback,
+    /// `modifierExtension` entries no rule matches (allow-list: `drop_resource`).
+    pub modifier_extensions: Fallback,
+    /// JSON keys that are not FHIR R4 elements.
+    pub unknown_elements: Fallback,
+    /// Date shift range: offsets are uniform in `[-N, N]` days, never 0.
+    pub date_shift_days: u32,
+    /// ZIP3 prefixes generalized to `000`.
+    pub restricted_zip3: Vec<String>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            elements: Fallback::Keep,
+            free_text: Fallback::Keep,
+            extensions: Fallback::Keep,
+            modifier_extensions: Fallback::Keep,
+            unknown_elements: Fallback::Keep,
+            date_shift_days: 180,
+            restricted_zip3: RESTRICTED_ZIP3.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Target of a `generalize` rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Generalize {
+    /// Dates to their year; with `over_89_band`, a birth date 90 or more years ago is removed
+    /// and the patient flagged `90+`.
+    Year {
+        /// Apply the 90+ rule (birth dates).
+        over_89_band: bool,
+    },
+    /// Dates to year and month.
+    Month,
+    /// ZIP codes to their first 3 digits; restricted prefixes to `000`.
+    Zip3,
+    /// Ages (numbers) over 89 to 90.
+    Age,
+    /// FHIRPath cases `condition -> result`, first true wins; otherwise keep or redact.
+    Cases {
+        /// `(condition, result)` in policy order.
+        cases: Vec<(Expr, Expr)>,
+        /// What happens when no case is true.
+        other: Fallback,
+    },
+}
+
+/// Noise of a `perturb` rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Perturb {
+    /// Width of the noise interval (`[-span/2, span/2]`).
+    pub span: f64,
+    /// Span is a fraction of the value instead of an absolute amount.
+    pub proportional: bool,
+    /// Decimal places kept.
+    pub round_to: u32,
+}
+
+/// A rule's method with its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    /// Leave the subtree as it is.
+    Keep,
+    /// Remove the subtree.
+    Redact,
+    /// Keyed BLAKE3 pseudonyms for ids, references and identifier values.
+    Pseudonymize,
+    /// Deterministic AES-256-GCM-SIV, reversible with the key.
+    Encrypt,
+    /// Shift dates by the patient's offset.
+    DateShift,
+    /// Coarsen values.
+    Generalize(Generalize),
+    /// Replace with a fixed value.
+    Substitute(Value),
+    /// Add bounded noise to numbers.
+    Perturb(Perturb),
+    /// Replace PHI spans in free text.
+    Scrub,
+}
+
+/// Method names, in the order counts are reported.
+pub const METHOD_NAMES: &[&str] = &[
+    "keep",
+    "redact",
+    "pseudonymize",
+    "encrypt",
+    "date_shift",
+    "generalize",
+    "substitute",
+    "perturb",
+    "scrub",
+];
+
+impl Method {
+    /// The name used in policy files.
+    pub fn name(&self) -> &'static str {
+        METHOD_NAMES[self.index()]
+    }
+
+    /// Position in [`METHOD_NAMES`].
+    pub fn index(&self) -> usize {
+        match self {
+            Method::Keep => 0,
+            Method::Redact => 1,
+            Method::Pseudonymize => 2,
+            Method::Encrypt => 3,
+            Method::DateShift => 4,
+            Method::Generalize(_) => 5,
+            Method::Substitute(_) => 6,
+            Method::Perturb(_) => 7,
+            Method::Scrub => 8,
+        }
+    }
+}
+
+/// One rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Where it matches.
+    pub selector: Selector,
+    /// What it does.
+    pub method: Method,
+    /// 1-based line in the policy file (0 when unknown).
+    pub line: usize,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Name recorded in `lake.runs` (profile name or file stem).
+    pub name: String,
+    /// BLAKE3 of the policy text (first 16 hex chars).
+    pub hash: String,
+    /// Rules, first match wins.
+    pub rules: Vec<Rule>,
+    /// Defaults for unmatched nodes.
+    pub defaults: Defaults,
+    /// Set for Microsoft anonymizer configurations: that tool's own methods and options.
+    pub ms: Option<MsOptions>,
+}
+
+impl Policy {
+    /// A built-in profile by name.
+    pub fn builtin(name: &str) -> Result<Self, PolicyError> {
+        let text = builtin_text(name).ok_or_else(|| PolicyError {
+            source_name: name.to_string(),
+            line: 0,
+            column: 0,
+            message: format!(
+                "no built-in profile of that name (built-ins: {})",
+                BUILTIN
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+        native::parse(text, name, name)
+    }
+
+    /// A policy from text: a Microsoft anonymizer JSON configuration (detected by content) or TOML.
+    pub fn parse(text: &str, source_name: &str, name: &str) -> Result<Self, PolicyError> {
+        let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+        if trimmed.starts_with('{') {
+            ms::parse(trimmed, source_name, name)
+        } else {
+            native::parse(text, source_name, name)
+        }
+    }
+
+    /// A policy from a file path, or a built-in profile when `spec` names one.
+    pub fn load(spec: &str) -> Result<Self, PolicyError> {
+        if builtin_text(spec).is_some() {
+            return Self::builtin(spec);
+        }
+        let path = std::path::Path::new(spec);
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            source_name: spec.to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the policy: {e}"),
+        })?;
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("custom")
+            .to_string();
+        Self::parse(&text, spec, &name)
+    }
+}
+
+/// The TOML text of a built-in profile.
+pub fn builtin_text(name: &str) -> Option<&'static str> {
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+pub(crate) fn text_hash(text: &str) -> String {
+    blake3::hash(text.as_bytes()).to_hex()[..16].to_string()
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
