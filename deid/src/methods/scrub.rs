@@ -284,20 +284,20 @@ fn name_words() -> String {
 /// Street suffixes that are not also clinical words: any house number may precede them.
 const STREET_SUFFIXES: &str = "Street|St|Avenue|Ave|Av|Road|Rd|Boulevard|Blvd|Drive|Dr|Lane|Ln|\
     Court|Ct|Place|Pl|Terrace|Ter|Terr|Parkway|Pkwy|Highway|Hwy|Freeway|Fwy|Expressway|Expy|\
-    Turnpike|Tpke|Pike|Circle|Cir|Square|Sq|Plaza|Plz|Trail|Trl|Way|Alley|Aly|Annex|Bay|Brook|\
+    Turnpike|Tpke|Pike|Circle|Cir|Plaza|Plz|Trail|Trl|Way|Alley|Aly|Annex|Bay|Brook|\
     Burg|Byway|Cove|Crescent|Crossing|Xing|Crossroad|Dale|Esplanade|Estate|Estates|Ferry|\
     Gardens|Gateway|Glen|Grove|Harbor|Heights|Hts|Highlands|Hill|Hills|Hollow|Island|Isle|Knoll|\
     Lake|Landing|Lodge|Manor|Meadow|Meadows|Mews|Mill|Mills|Orchard|Overpass|Parade|Park|\
-    Promenade|Quay|Ramp|Ranch|Ridge|Row|Rue|Shore|Shores|Skyway|Springs|Stravenue|Summit|\
-    Throughway|Trafficway|Trailer|Underpass|Valley|Viaduct|Village|Ville|Vista|Walk|Wynd|\
-    Broadway";
+    Promenade|Quay|Ramp|Ranch|Row|Rue|Shore|Shores|Skyway|Springs|Stravenue|Summit|\
+    Throughway|Trafficway|Trailer|Underpass|Valley|Viaduct|Village|Ville|Vista|Wynd|Broadway";
 /// Street suffixes that are also clinical words (`Level 1 Trauma Center`, `2 Heel Spur`,
-/// `Carpal Tunnel`, `Chest Wall`): only after a house number of two or more digits.
+/// `6 Minute Walk`, `Chest Wall`): only after a house number of two or more digits.
 const RISKY_STREET_SUFFIXES: &str = "Center|Centre|Spur|Neck|Lock|Bridge|Wall|Junction|Port|\
     Tunnel|Bypass|Branch|Route|Loop|Point|Crest|Pass|Passage|Path|Pathway|Approach|Extension|\
     Station|Union|Club|Key|Run|Rest|Light|Well|Green|Trace|Track|Course|Common|Divide|Flat|\
     Flats|Fork|Forge|Dam|Mall|Gate|View|Rapid|Rapids|Canyon|Creek|Field|Fields|Forest|Fort|\
-    Garden|Harbour|Haven|Mount|Mountain|Oval|Pine|Pines|Plain|Plains|Prairie|River|Square";
+    Garden|Harbour|Haven|Mount|Mountain|Oval|Pine|Pines|Plain|Plains|Prairie|River|Square|\
+    Sq|Walk|Ridge";
 
 /// Generic titles and credentials: not identifying, and replacing every `MD` or `Mr` in a note
 /// with `[NAME]` would only damage it. Skipped in the name list ([`Scrubber::scrub`]); the

@@ -1,0 +1,2 @@
+//! Safe Harbor throughput (placeholder, being written).
+fn main() {}
