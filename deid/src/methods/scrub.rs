@@ -144,14 +144,13 @@ mod feat {
     pub const AT: u8 = 2;
     /// An ASCII capital or any non-ASCII byte (which may be a Unicode capital).
     pub const UPPER: u8 = 4;
-    /// `://` or `www.` (any case).
-    pub const URL: u8 = 8;
+    /// Maybe a URL or a spelled-out age: `://`, `www.`, `ninet`, `hundred`, `enarian` (any
+    /// case), or a digit (see [`super::features`]).
+    pub const HINT: u8 = 8;
     /// A `:` (IPv6).
     pub const COLON: u8 = 16;
-    /// A spelled-out age word (`ninety`, `nineties`, `hundred`, `...genarian`).
-    pub const SPELLED: u8 = 32;
     /// Any feature that some detector other than the name detectors needs.
-    pub const NOT_NAMES: u8 = DIGIT | AT | URL | COLON | SPELLED;
+    pub const NOT_NAMES: u8 = DIGIT | AT | HINT | COLON;
 }
 
 /// A post-check on a match: may move or reject the span.
@@ -161,12 +160,21 @@ enum Check {
     None,
     /// Trim trailing sentence punctuation from a URL.
     TrimUrl,
-    /// Reject a digit run that is part of a decimal number (`3.8227768159`).
-    NotDecimal,
+    /// Reject a digit run that is part of a decimal number (`3.8227768159`) or a code
+    /// ([`Check::NotCode`]).
+    NotDecimalOrCode,
     /// Reject a span with fewer than this many ASCII digits.
     MinDigits(usize),
     /// Drop a possessive `'s` from the end of a name.
     Possessive,
+    /// Drop a possessive `'s`, and reject the span when a word of it is a care-setting or
+    /// clinical word (`Physical Therapy`, `Internal Medicine`, `Stable`).
+    NotCareWords,
+    /// Reject a number right after a code-system label (`SNOMED 38341003`, `RxNorm: 860975`).
+    NotCode,
+    /// Reject FDA application numbers in drug names (`NDA020503`, `BLA125057`): they name a
+    /// product, not a person.
+    NotDrugApplication,
 }
 
 #[derive(Debug)]
@@ -198,6 +206,8 @@ pub struct Scrubber {
     detectors: Vec<Detector>,
     /// All of `detectors` in one automaton: one pass says which of them can match at all.
     set: RegexSet,
+    /// Literals that let a text without digits reach the detector set (see [`features`]).
+    hints: Regex,
     /// Detectors of names without a list (titles, labels, Synthea-style names). They run on
     /// their own: their Unicode letter classes would make the combined automaton slow.
     name_detectors: Vec<Detector>,
@@ -273,12 +283,21 @@ const NAME_WORD: &str =
     r"\p{Lu}[\p{L}\p{M}]*(?:['’][\p{L}\p{M}]+)?(?:-\p{Lu}[\p{L}\p{M}]*)?\d{0,4}";
 /// An initial: `J.`
 const INITIAL: &str = r"\p{Lu}\.";
+/// Lower-case particles inside a name (`Alfredo de Anda`, `Ludwig van Beethoven`).
+const PARTICLE: &str =
+    r"(?:de|del|della|der|den|di|da|do|dos|das|du|la|le|van|von|ten|ter|bin|ibn|al|el|y)";
 
-/// One to three name words, with middle initials and an optional `, First` after `Last`.
-fn name_words() -> String {
-    format!(
-        r"(?:{INITIAL}[ \t]*){{0,3}}{NAME_WORD}(?:[ \t]+(?:{INITIAL}[ \t]+)?{NAME_WORD}){{0,2}}(?:,[ \t]*{NAME_WORD})?"
-    )
+/// One to three name words (two to three with `min_more` 1), with initials, particles and an
+/// optional `, First` after `Last` (which also counts as a second word).
+fn name_words(min_more: usize) -> String {
+    let first = format!(r"(?:{INITIAL}[ \t]*){{0,3}}{NAME_WORD}");
+    let more = format!(r"[ \t]+(?:{INITIAL}[ \t]+|{PARTICLE}[ \t]+){{0,2}}{NAME_WORD}");
+    let comma = format!(r",[ \t]*{NAME_WORD}");
+    if min_more == 0 {
+        format!(r"{first}(?:{more}){{0,2}}(?:{comma})?")
+    } else {
+        format!(r"{first}(?:(?:{more}){{1,2}}(?:{comma})?|{comma})")
+    }
 }
 
 /// Street suffixes that are not also clinical words: any house number may precede them.
@@ -298,6 +317,29 @@ const RISKY_STREET_SUFFIXES: &str = "Center|Centre|Spur|Neck|Lock|Bridge|Wall|Ju
     Flats|Fork|Forge|Dam|Mall|Gate|View|Rapid|Rapids|Canyon|Creek|Field|Fields|Forest|Fort|\
     Garden|Harbour|Haven|Mount|Mountain|Oval|Pine|Pines|Plain|Plains|Prairie|River|Square|\
     Sq|Walk|Ridge";
+
+/// Words that, in a span found by a label or `seen by`, say it is a care setting or a clinical
+/// finding rather than a person (`Seen by Physical Therapy`, `Provider: Internal Medicine`).
+const CARE_WORDS: &[&str] = &[
+    "therapy", "medicine", "surgery", "service", "services", "team", "clinic", "department",
+    "dept", "unit", "nursing", "pharmacy", "work", "care", "health", "hospital", "center",
+    "centre", "physical", "occupational", "speech", "social", "internal", "family", "emergency",
+    "infectious", "disease", "diseases", "cardiology", "oncology", "neurology", "radiology",
+    "psychiatry", "psychology", "pediatrics", "urology", "nephrology", "gastroenterology", "gi",
+    "pulmonology", "pulmonary", "dermatology", "orthopedics", "endocrinology", "hematology",
+    "rheumatology", "anesthesia", "icu", "ed", "er", "staff", "resident", "attending", "nurse",
+    "provider", "doctor", "physician", "cancer", "diabetes", "type", "stable", "alert",
+    "oriented", "male", "female", "unknown", "none", "not", "no", "yes", "other", "general",
+    "primary", "urgent", "critical", "intensive", "palliative", "hospice", "home", "rehab",
+    "rehabilitation", "dietary", "nutrition", "wound", "respiratory", "case", "management",
+    "medical", "surgical", "obstetrics", "gynecology", "ob", "gyn",
+];
+
+/// Code-system labels after which a long number is a code, not an identifier.
+const CODE_LABELS: &[&str] = &[
+    "snomed", "snomed ct", "snomed-ct", "sct", "sctid", "rxnorm", "rxcui", "loinc", "icd",
+    "icd-9", "icd-10", "icd-10-cm", "icd-10-pcs", "cpt", "hcpcs", "ndc", "cvx", "code", "codes",
+];
 
 /// Generic titles and credentials: not identifying, and replacing every `MD` or `Mr` in a note
 /// with `[NAME]` would only damage it. Skipped in the name list ([`Scrubber::scrub`]); the
@@ -326,7 +368,8 @@ impl Scrubber {
         let day = r"(?:0?[1-9]|[12]\d|3[01])";
         let ordinal = r"(?:st|nd|rd|th)?";
         let year = r"(?:1[89]\d\d|20\d\d)";
-        let names = name_words();
+        let names = name_words(0);
+        let names2 = name_words(1);
         let states = state_alternation();
 
         let mut detectors = Vec::new();
@@ -344,7 +387,7 @@ impl Scrubber {
         add(
             r#"(?i)(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>"'()\[\]{}]+"#,
             &[(0, Url)],
-            URL,
+            HINT,
             Check::TrimUrl,
         );
         // Emails (ASCII addresses; internationalised local parts are not recognised).
@@ -469,7 +512,7 @@ impl Scrubber {
         add(
             r"(?i)\b((?:ninety|(?:one|a)[ \t-]+hundred)(?:[ \t-]+(?:and[ \t-]+)?(?:one|two|three|four|five|six|seven|eight|nine|ten))?)[ \t-]*(?:years?|yrs?)\b|\b((?:super)?centenarian|nonagenarian)s?\b",
             &[(1, Age), (2, Age)],
-            SPELLED,
+            HINT,
             Check::None,
         );
         // ZIP codes, conservatively: after a state (code or name), optionally with the city
@@ -529,7 +572,7 @@ impl Scrubber {
         );
         // Long digit runs (7+): record numbers, phone numbers without separators, NPIs, seeds.
         // Not the digits of a decimal number.
-        add(r"\b\d{7,}\b", &[(0, Id)], DIGIT, Check::NotDecimal);
+        add(r"\b\d{7,}\b", &[(0, Id)], DIGIT, Check::NotDecimalOrCode);
         // A few capital letters then six or more digits (A1234567), and three or more dashed
         // digit groups with eight or more digits in all (1234-5678-9012); two groups are left
         // alone unlabelled (`250-1000 mg` is a dose range).
@@ -537,7 +580,7 @@ impl Scrubber {
             r"\b[A-Z]{1,3}\d{6,}\b",
             &[(0, Id)],
             DIGIT | UPPER,
-            Check::None,
+            Check::NotDrugApplication,
         );
         add(
             r"\b\d{2,}(?:-\d{2,}){2,5}\b",
@@ -555,26 +598,61 @@ impl Scrubber {
 
         // Names without a list. These teach their words to the name matcher.
         let mut name_detectors = Vec::new();
-        let mut learn = |pattern: &str, groups: &'static [(usize, Kind)]| {
+        let mut learn = |pattern: &str, groups: &'static [(usize, Kind)], check: Check| {
             name_detectors.push(Detector {
                 re: compile(pattern),
                 groups,
                 needs: UPPER,
-                check: Check::Possessive,
+                check,
                 learn: true,
             });
         };
-        // Title + name: Dr. Jane Smith, Mr. Smith, Mrs. O'Brien, Mr. Jose871 Harvey63.
-        learn(
-            &format!(r"\b(?:Dr|DR|Mrs|MRS|Mr|MR|Ms|Mx|Miss|Prof|Rev)\b\.?[ \t]+{names}"),
-            &[(0, Name)],
-        );
-        // A name after a label with a colon (`Patient: John Smith`), or after `signed by`.
+        // Title + name: Dr. Jane Smith, Mr. Smith, Mrs. O'Brien, Mr. Jose871 Harvey63. Titles
+        // in Title case only (`MR` is mitral regurgitation, `DR` diabetic retinopathy, `MS`
+        // multiple sclerosis); upper-case titles need a period and an upper-case name
+        // (`DR. SMITH`, but not `moderate MR. Echo shows`).
         learn(
             &format!(
-                r"\b(?:(?:Patient|PATIENT|Pt|PT|Patient Name|Name|NAME|Full Name|Mother|Father|Spouse|Husband|Wife|Guardian|Emergency Contact|Next of Kin|Attending|Physician|Provider|PCP|Surgeon|Author|Signed)[ \t]*:|(?i:signed|dictated|transcribed)[ \t]+(?i:by)[ \t]*:?)[ \t]*({names})"
+                r"\b(?:Dr|Mrs|Mr|Ms|Mx|Miss|Prof|Rev)\b\.?[ \t]+{names}|\b(?:DR|MRS|MR|MS|PROF)\.[ \t]+\p{{Lu}}[\p{{Lu}}'’-]*\p{{Lu}}\d{{0,4}}(?:[ \t]+\p{{Lu}}[\p{{Lu}}'’-]*\p{{Lu}}\d{{0,4}}){{0,2}}\b"
+            ),
+            &[(0, Name)],
+            Check::Possessive,
+        );
+        // A name after a label with a colon. Labels that always introduce a name take one word
+        // (`Name: Smith`); labels that may introduce something else (`Patient: Stable`,
+        // `Provider: Internal Medicine`) need two words, none of them a care-setting word.
+        // Family members are not labels here: `Mother: Breast Cancer` is a family history.
+        learn(
+            &format!(
+                r"\b(?:(?:Name|NAME|Patient Name|PATIENT NAME|Full Name|Legal Name|Preferred Name|Maiden Name|Emergency Contact|Next of Kin|Signed|Electronically Signed)[ \t]*:|(?i:signed|dictated|transcribed|authored|cosigned)[ \t]+(?i:by)[ \t]*:?)[ \t]*({names})"
             ),
             &[(1, Name)],
+            Check::Possessive,
+        );
+        learn(
+            &format!(
+                r"\b(?:Patient|PATIENT|Pt|PT|Attending|ATTENDING|Physician|Provider|PCP|Surgeon|Author|Guardian|Caregiver|Resident|Nurse|RN|Referring)[ \t]*:[ \t]*({names2})"
+            ),
+            &[(1, Name)],
+            Check::NotCareWords,
+        );
+        // A name after a relation and a comma or `named` (`her daughter, Lucia Garcia`); a bare
+        // relation is not enough (`mother Diabetes` in a family history is not a name). After
+        // `seen by` and the like, two words (`seen by Cardiology` stays), not care-setting words
+        // (`seen by Physical Therapy` stays).
+        learn(
+            &format!(
+                r"\b(?i:daughter|son|wife|husband|spouse|partner|mother|father|sister|brother|niece|nephew|aunt|uncle|cousin|grandson|granddaughter|grandmother|grandfather|friend|neighbor|neighbour|caregiver|guardian)(?:[ \t]*,|[ \t]+(?i:named|called))[ \t]+({names})"
+            ),
+            &[(1, Name)],
+            Check::NotCareWords,
+        );
+        learn(
+            &format!(
+                r"\b(?i:seen|examined|evaluated|referred|discussed|spoke|accompanied|reviewed)[ \t]+(?i:by|with)[ \t]+({NAME_WORD}[ \t]+(?:{INITIAL}[ \t]+|{PARTICLE}[ \t]+){{0,2}}{NAME_WORD})"
+            ),
+            &[(1, Name)],
+            Check::NotCareWords,
         );
         // Synthea-style names: two or more capitalised words ending in digits (`Sumiko254
         // Larue605`). A single such word alone (`Covid19`) is left alone.
@@ -582,13 +660,16 @@ impl Scrubber {
         learn(
             &format!(r"\b{synthea_word}(?:[ \t]+{synthea_word})+\b"),
             &[(0, Name)],
+            Check::Possessive,
         );
-
         let set = RegexSet::new(detectors.iter().map(|d| d.re.as_str()))
             .expect("scrub: constant patterns compile as a set");
+        let hints = Regex::new(r"(?i)://|www\.|ninet|hundred|enarian")
+            .expect("scrub: constant pattern compiles");
         Scrubber {
             detectors,
             set,
+            hints,
             name_detectors,
         }
     }
@@ -600,7 +681,7 @@ impl Scrubber {
     /// `Dr.`, `MD`, `Jr.`); a part with trailing digits (`Jose871`) also matches its
     /// letters alone (`Jose`), and the other way round.
     pub fn scrub(&self, text: &str, names: &[&str], counts: &mut ScrubCounts) -> String {
-        let features = features(text);
+        let features = features(text, &self.hints);
         if names.is_empty() && features == 0 {
             return text.to_owned();
         }
@@ -701,42 +782,45 @@ impl Scrubber {
 
     /// Finds the record's name parts (any case) and learnt names (capitalised only) word by word.
     fn match_names(&self, text: &str, names: &[&str], learnt: &[&str], spans: &mut Vec<Span>) {
-        // Name words, split the way the text is split. A small stack buffer covers the usual
+        // Name stems, split the way the text is split. A small stack buffer covers the usual
         // handful of name parts without allocating.
         const INLINE: usize = 32;
-        let mut inline: [&str; INLINE] = [""; INLINE];
+        let mut inline = [NameStem::EMPTY; INLINE];
         let mut inline_len = 0;
-        let mut overflow: Vec<&str> = Vec::new();
+        let mut overflow: Vec<NameStem> = Vec::new();
         for name in names {
             for (ws, we) in words(name) {
                 let w = &name[ws..we];
                 if !usable_name_word(w) {
                     continue;
                 }
+                let stem = NameStem::new(w);
                 if inline_len < INLINE {
-                    inline[inline_len] = w;
+                    inline[inline_len] = stem;
                     inline_len += 1;
                 } else {
-                    overflow.push(w);
+                    overflow.push(stem);
                 }
             }
         }
-        let listed = || inline[..inline_len].iter().chain(overflow.iter());
         if inline_len == 0 && learnt.is_empty() {
             return;
         }
+        let listed = &inline[..inline_len];
+        let learnt: Vec<NameStem> = learnt.iter().map(|w| NameStem::new(w)).collect();
 
         for (start, end) in words(text) {
             let word = &text[start..end];
             let capitalised = word.chars().next().is_some_and(char::is_uppercase);
-            let stem = possessive_stem(word);
             let hit = |candidate: &str| {
-                listed().any(|n| same_name(candidate, n))
-                    || (capitalised && learnt.iter().any(|n| same_name(candidate, n)))
+                let c = NameStem::new(candidate);
+                c.stem.len() >= 2
+                    && (listed.iter().chain(&overflow).any(|n| c.same(n))
+                        || (capitalised && learnt.iter().any(|n| c.same(n))))
             };
             let end = if hit(word) {
                 end
-            } else if let Some(stem) = stem.filter(|s| hit(s)) {
+            } else if let Some(stem) = possessive_stem(word).filter(|s| hit(s)) {
                 start + stem.len()
             } else {
                 continue;
@@ -751,8 +835,38 @@ impl Scrubber {
     }
 }
 
-/// The [`feat`] bits of `text`, from one byte pass plus a few substring searches.
-fn features(text: &str) -> u8 {
+/// A name word without its trailing digits (`Jose871` -> `Jose`), ready for comparison.
+#[derive(Debug, Clone, Copy)]
+struct NameStem<'a> {
+    stem: &'a str,
+    ascii: bool,
+}
+
+impl<'a> NameStem<'a> {
+    const EMPTY: NameStem<'static> = NameStem { stem: "", ascii: true };
+
+    fn new(word: &'a str) -> Self {
+        let stem = word.trim_end_matches(|c: char| c.is_ascii_digit());
+        NameStem { stem, ascii: stem.is_ascii() }
+    }
+
+    /// Case-insensitive (Unicode lower case), curly and straight apostrophes alike.
+    fn same(&self, other: &NameStem<'_>) -> bool {
+        if self.ascii && other.ascii {
+            return self.stem.eq_ignore_ascii_case(other.stem);
+        }
+        let fold = |c: char| if c == '’' { '\'' } else { c };
+        self.stem
+            .chars()
+            .map(fold)
+            .flat_map(char::to_lowercase)
+            .eq(other.stem.chars().map(fold).flat_map(char::to_lowercase))
+    }
+}
+
+/// The [`feat`] bits of `text`: one byte pass, plus the `hints` regex (a vectorised literal
+/// search for `://`, `www.` and spelled-out ages) only when the text has no digit.
+fn features(text: &str, hints: &Regex) -> u8 {
     let mut f = 0;
     for &b in text.as_bytes() {
         f |= match b {
@@ -763,31 +877,12 @@ fn features(text: &str) -> u8 {
             _ => 0,
         };
     }
-    if f & feat::COLON != 0 && text.contains("://") || contains_ascii_ci(text, b"www.") {
-        f |= feat::URL;
-    }
-    if contains_ascii_ci(text, b"ninet")
-        || contains_ascii_ci(text, b"hundred")
-        || contains_ascii_ci(text, b"enarian")
-    {
-        f |= feat::SPELLED;
+    // With a digit the detector set runs anyway, and it rejects a text without a URL or a
+    // spelled age in the same pass; without one, the hints decide whether it runs at all.
+    if f & feat::DIGIT != 0 || hints.is_match(text) {
+        f |= feat::HINT;
     }
     f
-}
-
-/// Whether `haystack` contains the lower-case ASCII `needle`, ignoring ASCII case.
-fn contains_ascii_ci(haystack: &str, needle: &[u8]) -> bool {
-    let Some(&first) = needle.first() else {
-        return true;
-    };
-    let bytes = haystack.as_bytes();
-    if bytes.len() < needle.len() {
-        return false;
-    }
-    (0..=bytes.len() - needle.len()).any(|i| {
-        bytes[i].to_ascii_lowercase() == first
-            && bytes[i..i + needle.len()].eq_ignore_ascii_case(needle)
-    })
 }
 
 /// The words of `text` as byte ranges: runs of letters, digits and combining marks, with inner
@@ -834,21 +929,47 @@ fn is_combining_mark(c: char) -> bool {
 }
 
 /// Applies a detector's post-check to the span `start..end` of `text`.
-fn check(text: &str, start: usize, end: usize, check: Check) -> Option<(usize, usize)> {
+fn check(text: &str, start: usize, end: usize, what: Check) -> Option<(usize, usize)> {
     let bytes = text.as_bytes();
-    match check {
+    match what {
         Check::None => Some((start, end)),
         Check::TrimUrl => {
             let trimmed =
                 text[start..end].trim_end_matches(['.', ',', ';', ':', '!', '?', '\'', '"']);
             (trimmed.len() > 4).then_some((start, start + trimmed.len()))
         }
-        Check::NotDecimal => {
+        Check::NotDecimalOrCode => {
+            check(text, start, end, Check::NotCode)?;
             let before =
                 start >= 2 && bytes[start - 1] == b'.' && bytes[start - 2].is_ascii_digit();
             let after =
                 end + 1 < bytes.len() && bytes[end] == b'.' && bytes[end + 1].is_ascii_digit();
             (!before && !after).then_some((start, end))
+        }
+        Check::NotCareWords => {
+            let (start, end) = check(text, start, end, Check::Possessive)?;
+            let care = words(&text[start..end]).any(|(ws, we)| {
+                let w = &text[start + ws..start + we];
+                CARE_WORDS.iter().any(|c| c.eq_ignore_ascii_case(w))
+            });
+            (!care).then_some((start, end))
+        }
+        Check::NotCode => {
+            let before = text[..start].trim_end_matches([' ', '\t', ':', '#', '(', '=', '-']);
+            let code = CODE_LABELS.iter().any(|l| {
+                before.len() >= l.len()
+                    && before.is_char_boundary(before.len() - l.len())
+                    && before[before.len() - l.len()..].eq_ignore_ascii_case(l)
+                    && !before[..before.len() - l.len()]
+                        .chars()
+                        .next_back()
+                        .is_some_and(char::is_alphanumeric)
+            });
+            (!code).then_some((start, end))
+        }
+        Check::NotDrugApplication => {
+            let span = &text[start..end];
+            (!(span.starts_with("NDA") || span.starts_with("BLA"))).then_some((start, end))
         }
         Check::MinDigits(n) => {
             let digits = bytes[start..end]
@@ -921,24 +1042,6 @@ fn possessive_stem(word: &str) -> Option<&str> {
         .or_else(|| word.strip_suffix("’s"))
         .or_else(|| word.strip_suffix("’S"))
         .filter(|s| !s.is_empty())
-}
-
-/// Whether a text word is the name word `name`: case-insensitive (Unicode lower case), curly and
-/// straight apostrophes alike, trailing digits ignored on both sides (`Jose871` is `Jose`).
-fn same_name(word: &str, name: &str) -> bool {
-    let word = word.trim_end_matches(|c: char| c.is_ascii_digit());
-    let name = name.trim_end_matches(|c: char| c.is_ascii_digit());
-    if word.is_empty() || word.chars().nth(1).is_none() {
-        return false;
-    }
-    if word.is_ascii() && name.is_ascii() {
-        return word.eq_ignore_ascii_case(name);
-    }
-    let fold = |c: char| if c == '’' { '\'' } else { c };
-    word.chars()
-        .map(fold)
-        .flat_map(char::to_lowercase)
-        .eq(name.chars().map(fold).flat_map(char::to_lowercase))
 }
 
 /// Collects name parts from a FHIR resource JSON, for use as `names` in [`Scrubber::scrub`]:

@@ -10,9 +10,10 @@ use arrow::datatypes::{DataType, Field, Schema};
 use clap::Args;
 use fhirlake::ingest::{Ingest, IngestReport, RunStatus};
 use fhirlake::lake::runs::TypeCounts;
-use fhirlake_deid::{Deidentifier, Passthrough};
+use fhirlake_deid::Deidentifier;
 
 use super::args::{GlobalArgs, LakeArgs};
+use super::deid::DeidOptions;
 use super::progress::CliObserver;
 use super::{EXIT_FAILED, EXIT_REJECTS};
 
@@ -44,12 +45,11 @@ pub struct IngestOptions {
     )]
     pub landing: PathBuf,
 
-    /// De-identification policy (TOML file or built-in profile name).
-    #[arg(long, env = "FHIRLAKE_POLICY", value_name = "P")]
-    pub policy: Option<String>,
+    #[command(flatten)]
+    pub deid: DeidOptions,
 
-    /// Write resources WITHOUT de-identification. Only for synthetic data or a lake that may hold
-    /// PHI; the lake records it (tables are stamped `fhirlake.deid.applied = false`).
+    /// Write resources WITHOUT de-identification (no policy, no key). Only for synthetic data or a
+    /// lake that may hold PHI; the lake records it (tables are stamped `fhirlake.deid.applied = false`).
     #[arg(long, env = "FHIRLAKE_UNSAFE_NO_DEID")]
     pub unsafe_no_deid: bool,
 
@@ -63,21 +63,9 @@ pub struct IngestOptions {
 }
 
 impl IngestOptions {
-    /// Picks the de-identification stage; refuses to write identified data unless told so.
+    /// Picks the de-identification stage: the policy engine with the key, or (explicitly) none.
     pub fn deidentifier(&self) -> anyhow::Result<Arc<dyn Deidentifier>> {
-        match (&self.policy, self.unsafe_no_deid) {
-            (Some(_), true) => bail!("--policy and --unsafe-no-deid contradict each other"),
-            (Some(policy), false) => bail!(
-                "de-identification policy `{policy}`: the policy engine is not part of this build yet; \
-                 nothing was written (for synthetic data only, --unsafe-no-deid writes resources as they are)"
-            ),
-            (None, true) => Ok(Arc::new(Passthrough)),
-            (None, false) => bail!(
-                "refusing to write resources without de-identification: this build has no policy \
-                 engine yet. For synthetic data (or a lake allowed to hold PHI) pass --unsafe-no-deid; \
-                 the lake records that its data is identified"
-            ),
-        }
+        self.deid.deidentifier(self.unsafe_no_deid)
     }
 
     /// Applies the options to an ingest.
@@ -175,7 +163,25 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
         report.bytes as f64 / 1e6 / secs,
         total.read as f64 / secs,
     );
-    if !record.stamp.deidentified {
+    if record.stamp.deidentified {
+        let d = &record.deid;
+        let hits: Vec<String> = d
+            .rule_hits
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect();
+        outln!(
+            "de-identified with policy {} ({}), key id {}: {}; free text removed {}, extensions dropped {}, resources dropped {}",
+            record.policy_name,
+            record.stamp.policy_hash,
+            record.stamp.key_id,
+            if hits.is_empty() { "no rule hits".to_string() } else { hits.join(", ") },
+            d.free_text_default,
+            d.dropped_extensions,
+            d.dropped_resources,
+        );
+    } else {
         outln!("note: written WITHOUT de-identification (--unsafe-no-deid); the lake records this");
     }
     if let Some(path) = &report.rejects_file {

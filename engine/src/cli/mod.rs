@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod args;
 mod config;
+mod deid;
 mod ingest;
 mod progress;
 mod query;
@@ -50,6 +51,9 @@ enum Command {
     Tables(query::TablesArgs),
     /// Show the Delta commit history of a table (e.g. `raw.observation`, `lake.runs`).
     History(query::HistoryArgs),
+    /// De-identification tools for data stewards: check, preview, explain, risk, reidentify.
+    #[command(subcommand)]
+    Deid(deid::DeidCommand),
 }
 
 /// Entry point of the binary.
@@ -83,6 +87,7 @@ pub fn main() -> ExitCode {
             Command::Sql(args) => query::sql(args).await,
             Command::Tables(args) => query::tables(args).await,
             Command::History(args) => query::history(args).await,
+            Command::Deid(command) => deid::run(command).await,
         }
     });
     match result {

@@ -1,16 +1,17 @@
-//! `fhirlake quickstart`: ingest the embedded Synthea sample into a lake and show what SQL on it
-//! looks like. The sample is synthetic, so it is written without de-identification (recorded as
-//! such in the lake) until the policy engine lands.
+//! `fhirlake quickstart`: ingest the embedded Synthea sample into a lake, de-identified with the
+//! `safe-harbor` profile, and show what SQL on it looks like. A local key file is created on the
+//! first run (`./.fhirlake/deid.key`, mode 0600) unless a key is given.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
 use fhirlake::ingest::Ingest;
-use fhirlake_deid::Passthrough;
+use fhirlake_deid::{DeidKey, PolicyEngine};
 use fhirlake_sql::OutputFormat;
 
 use super::args::{GlobalArgs, LakeArgs};
+use super::deid::DeidOptions;
 use super::ingest::{exit_code, print_summary};
 use super::progress::CliObserver;
 
@@ -28,7 +29,13 @@ pub struct QuickstartArgs {
         value_name = "DIR"
     )]
     pub landing: std::path::PathBuf,
+
+    #[command(flatten)]
+    pub deid: DeidOptions,
 }
+
+/// Key file quickstart creates when no key is given.
+pub const QUICKSTART_KEY_FILE: &str = ".fhirlake/deid.key";
 
 /// The example queries, with a title each.
 pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
@@ -57,6 +64,27 @@ pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
 
 /// Runs the quickstart.
 pub async fn run(args: QuickstartArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let policy = args.deid.load_policy()?;
+    let key = match (&args.deid.key_file, DeidKey::from_env()?) {
+        (Some(_), _) => args.deid.load_key()?,
+        (None, Some(key)) => key,
+        (None, None) => {
+            let path = std::path::Path::new(QUICKSTART_KEY_FILE);
+            if path.exists() {
+                DeidKey::from_file(path)?
+            } else {
+                let key = DeidKey::create_file(path)?;
+                outln!(
+                    "created a de-identification key in {} (mode 0600, key id {}); keep it: the \
+                     same key keeps pseudonyms joinable across runs",
+                    path.display(),
+                    key.id()
+                );
+                key
+            }
+        }
+    };
+    let engine = PolicyEngine::new(policy, key);
     let lake = args.lake.open()?;
     let sample_dir = args.landing.join("quickstart-sample");
     fhirlake::sample::extract_sample(&sample_dir)?;
@@ -65,12 +93,16 @@ pub async fn run(args: QuickstartArgs, global: &GlobalArgs) -> anyhow::Result<Ex
         fhirlake::sample::SAMPLE_RESOURCES,
         lake.url()
     );
-    outln!("(synthetic data: written without de-identification until the policy engine lands)\n");
+    outln!(
+        "de-identified on the way in with policy {} (key id {})\n",
+        fhirlake_deid::Deidentifier::policy_name(&engine),
+        fhirlake_deid::Deidentifier::key_id(&engine)
+    );
     let observer = Arc::new(CliObserver::new(global.quiet));
     let report = Ingest::new(
         vec![sample_dir.display().to_string()],
         lake.clone(),
-        Arc::new(Passthrough),
+        Arc::new(engine),
     )
     .with_landing(args.landing.clone())
     .with_observer(observer.clone())

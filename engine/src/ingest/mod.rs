@@ -264,6 +264,7 @@ impl Ingest {
             sources: self.sources.clone(),
             policy_name: self.deid.policy_name().to_string(),
             stamp,
+            deid: self.deid.stats().unwrap_or_default(),
             counts: staged.counts,
             table_versions,
             landing: Some(self.landing.display().to_string()),

@@ -13,7 +13,7 @@ use arrow::datatypes::DataType;
 use chrono::{DateTime, Utc};
 use deltalake::protocol::SaveMode;
 
-use super::schema::{RUNS_SCHEMA, table_version_fields, type_counts_fields};
+use super::schema::{RUNS_SCHEMA, rule_hit_fields, table_version_fields, type_counts_fields};
 use super::{DeidStamp, Lake, TableId};
 use crate::{Error, Result};
 
@@ -85,6 +85,8 @@ pub struct RunRecord {
     pub policy_name: String,
     /// The de-identification stamp of the run.
     pub stamp: DeidStamp,
+    /// What de-identification did (rule hits per method, dropped extensions and resources).
+    pub deid: fhirlake_deid::DeidStats,
     /// Counts per resource type (`(unknown)` for lines whose type could not be read).
     pub counts: BTreeMap<String, TypeCounts>,
     /// Delta version written per table.
@@ -142,6 +144,25 @@ impl RunRecord {
         }
         counts.append(true);
 
+        let hit_fields = rule_hit_fields();
+        let mut hits = ListBuilder::new(StructBuilder::from_fields(hit_fields.clone(), 0))
+            .with_field(Arc::new(arrow::datatypes::Field::new(
+                "element",
+                DataType::Struct(hit_fields),
+                true,
+            )));
+        for (method, count) in &self.deid.rule_hits {
+            let s = hits.values();
+            s.field_builder::<StringBuilder>(0)
+                .ok_or_else(|| Error::Internal("runs.rule_hits builder".into()))?
+                .append_value(method);
+            s.field_builder::<arrow::array::Int64Builder>(1)
+                .ok_or_else(|| Error::Internal("runs.rule_hits builder".into()))?
+                .append_value(*count as i64);
+            s.append(true);
+        }
+        hits.append(true);
+
         let version_fields = table_version_fields();
         let mut versions = ListBuilder::new(StructBuilder::from_fields(version_fields.clone(), 0))
             .with_field(Arc::new(arrow::datatypes::Field::new(
@@ -171,6 +192,11 @@ impl RunRecord {
             string(&self.stamp.policy_hash),
             string(&self.stamp.key_id),
             Arc::new(BooleanArray::from(vec![self.stamp.deidentified])),
+            Arc::new(hits.finish()),
+            int(self.deid.free_text_default),
+            int(self.deid.unknown_elements),
+            int(self.deid.dropped_extensions),
+            int(self.deid.dropped_resources),
             int(total.read),
             int(total.written),
             int(total.updated),

@@ -39,6 +39,14 @@ pub fn table_version_fields() -> Fields {
     ])
 }
 
+/// De-identification rule hits per method.
+pub fn rule_hit_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("method", DataType::Utf8, false),
+        Field::new("count", DataType::Int64, false),
+    ])
+}
+
 /// Schema of `lake.runs`: one row per finished ingest run.
 pub static RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let list_of = |fields: Fields| {
@@ -62,6 +70,11 @@ pub static RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("policy_hash", DataType::Utf8, false),
         Field::new("key_id", DataType::Utf8, false),
         Field::new("deidentified", DataType::Boolean, false),
+        Field::new("rule_hits", list_of(rule_hit_fields()), false),
+        Field::new("free_text_removed", DataType::Int64, false),
+        Field::new("unknown_elements_removed", DataType::Int64, false),
+        Field::new("dropped_extensions", DataType::Int64, false),
+        Field::new("dropped_resources", DataType::Int64, false),
         Field::new("read", DataType::Int64, false),
         Field::new("written", DataType::Int64, false),
         Field::new("updated", DataType::Int64, false),

@@ -1,0 +1,439 @@
+//! `fhirlake deid ...`: the data steward's tools (check, preview, explain, reidentify, policy show,
+//! risk, keygen) and the policy/key options every writing command shares.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use fhirlake_connectors::{SourceItem, StoreOptions, plan_sources, read_source_file};
+use fhirlake_deid::policy::{BUILTIN, DEFAULT_PROFILE, builtin_text};
+use fhirlake_deid::{DeidKey, Deidentifier, Disposition, Passthrough, Policy, PolicyEngine, risk};
+use futures::StreamExt as _;
+
+use super::EXIT_FAILED;
+use super::args::LakeArgs;
+
+/// Policy and key flags shared by `ingest`, `quickstart` and the `deid` tools.
+#[derive(Debug, Args, Clone)]
+pub struct DeidOptions {
+    /// De-identification policy: a built-in profile (`safe-harbor`, `limited-data-set`), a TOML
+    /// policy file, or a Microsoft FHIR anonymizer JSON configuration.
+    #[arg(long, env = "FHIRLAKE_POLICY", value_name = "P", default_value = DEFAULT_PROFILE)]
+    pub policy: String,
+
+    /// Key file (hex or base64, at least 32 bytes; must not be readable by group or others).
+    /// The key can also come from FHIRLAKE_DEID_KEY. Create one with `fhirlake deid keygen FILE`.
+    #[arg(long, env = "FHIRLAKE_DEID_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl DeidOptions {
+    /// The policy, validated.
+    pub fn load_policy(&self) -> anyhow::Result<Policy> {
+        Ok(Policy::load(&self.policy)?)
+    }
+
+    /// The key: FHIRLAKE_DEID_KEY, else the key file. Never printed.
+    pub fn load_key(&self) -> anyhow::Result<DeidKey> {
+        if let Some(path) = &self.key_file {
+            return Ok(DeidKey::from_file(path)?);
+        }
+        match DeidKey::from_env()? {
+            Some(key) => Ok(key),
+            None => bail!(
+                "no de-identification key: set FHIRLAKE_DEID_KEY (hex or base64, 32+ bytes) or pass \
+                 --key-file FILE (create one with `fhirlake deid keygen FILE`). Without a key nothing \
+                 is written (for synthetic data only, --unsafe-no-deid writes resources as they are)"
+            ),
+        }
+    }
+
+    /// The policy engine.
+    pub fn engine(&self) -> anyhow::Result<PolicyEngine> {
+        let policy = self.load_policy()?;
+        let key = self.load_key()?;
+        Ok(PolicyEngine::new(policy, key))
+    }
+
+    /// The de-identification stage for a writing command.
+    pub fn deidentifier(&self, unsafe_no_deid: bool) -> anyhow::Result<Arc<dyn Deidentifier>> {
+        if unsafe_no_deid {
+            return Ok(Arc::new(Passthrough));
+        }
+        Ok(Arc::new(self.engine()?))
+    }
+}
+
+/// `fhirlake deid` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeidCommand {
+    /// Validate a policy (TOML or anonymizer JSON): unknown methods, bad paths, missing parameters.
+    Check(CheckArgs),
+    /// Write de-identified NDJSON to stdout, to compare before and after.
+    Preview(PreviewArgs),
+    /// List, per JSON path, which rule fired and what it did (never the values).
+    Explain(PreviewArgs),
+    /// Decrypt values written by the `encrypt` method (needs the key).
+    Reidentify(ReidentifyArgs),
+    /// Built-in profiles.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// k-anonymity of the de-identified lake over quasi-identifiers.
+    Risk(RiskArgs),
+    /// Create a new random key file (mode 0600).
+    Keygen(KeygenArgs),
+}
+
+/// `fhirlake deid policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print a built-in profile as TOML, to start your own policy from.
+    Show {
+        /// Profile name.
+        #[arg(default_value = DEFAULT_PROFILE)]
+        name: String,
+    },
+    /// List the built-in profiles.
+    List,
+}
+
+/// `fhirlake deid check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Policy file or built-in profile name.
+    #[arg(value_name = "POLICY")]
+    pub policy: String,
+}
+
+/// `fhirlake deid preview` / `explain`.
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// NDJSON / Bundle files, folders or globs.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+
+    #[command(flatten)]
+    pub deid: DeidOptions,
+}
+
+/// `fhirlake deid reidentify`.
+#[derive(Debug, Args)]
+pub struct ReidentifyArgs {
+    /// Encrypted values; read from stdin, one per line, when none are given.
+    #[arg(value_name = "VALUE")]
+    pub values: Vec<String>,
+
+    #[command(flatten)]
+    pub deid: DeidOptions,
+}
+
+/// `fhirlake deid risk`.
+#[derive(Debug, Args)]
+pub struct RiskArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+
+    /// Smallest acceptable equivalence class.
+    #[arg(long, env = "FHIRLAKE_RISK_K", default_value_t = risk::DEFAULT_K)]
+    pub k: usize,
+
+    /// Quasi-identifiers, comma-separated (default: birth_year,gender,zip3,race,ethnicity).
+    #[arg(long, env = "FHIRLAKE_RISK_QUASI", value_name = "A,B,C")]
+    pub quasi: Option<String>,
+
+    /// Output: `text` or `json`.
+    #[arg(long, env = "FHIRLAKE_RISK_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+}
+
+/// `fhirlake deid keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key (refuses to overwrite).
+    #[arg(value_name = "FILE")]
+    pub path: PathBuf,
+}
+
+/// Runs a `deid` subcommand.
+pub async fn run(command: DeidCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DeidCommand::Check(args) => check(&args),
+        DeidCommand::Preview(args) => preview(args, false).await,
+        DeidCommand::Explain(args) => preview(args, true).await,
+        DeidCommand::Reidentify(args) => reidentify(&args),
+        DeidCommand::Policy(PolicyCommand::Show { name }) => match builtin_text(&name) {
+            Some(text) => {
+                std::io::stdout().write_all(text.as_bytes())?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => bail!(
+                "no built-in profile `{name}` (built-ins: {})",
+                BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        },
+        DeidCommand::Policy(PolicyCommand::List) => {
+            for (name, _) in BUILTIN {
+                let policy = Policy::builtin(name)?;
+                outln!("{name}\t{} rules\thash {}", policy.rules.len(), policy.hash);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeidCommand::Risk(args) => risk_report(args).await,
+        DeidCommand::Keygen(args) => {
+            let key = DeidKey::create_file(&args.path)?;
+            outln!(
+                "wrote a new key to {} (mode 0600), key id {}. Keep it outside the lake; whoever \
+                 holds it can link pseudonyms back to source ids.",
+                args.path.display(),
+                key.id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    match Policy::load(&args.policy) {
+        Ok(policy) => {
+            let mut by_method: BTreeMap<&str, usize> = BTreeMap::new();
+            for rule in &policy.rules {
+                *by_method.entry(rule.method.name()).or_default() += 1;
+            }
+            let methods: Vec<String> = by_method.iter().map(|(m, n)| format!("{m} {n}")).collect();
+            outln!(
+                "ok: {} — {} rules ({}), policy hash {}{}",
+                args.policy,
+                policy.rules.len(),
+                methods.join(", "),
+                policy.hash,
+                if policy.ms.is_some() {
+                    "; Microsoft anonymizer configuration (keys in it are ignored: the lake key is used)"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+    }
+}
+
+/// One resource read from the inputs, or a problem with its position.
+enum Input {
+    Resource(String, serde_json::Value),
+    Problem(String),
+}
+
+/// Reads resources from the inputs on a blocking thread, in order.
+async fn read_inputs(inputs: Vec<String>, mut each: impl FnMut(Input) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let plan = plan_sources(&inputs, &StoreOptions::default()).await;
+    for problem in &plan.problems {
+        each(Input::Problem(problem.to_string()))?;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Input>(256);
+    let handle = tokio::runtime::Handle::current();
+    let reader = tokio::task::spawn_blocking(move || {
+        let _guard = handle.enter();
+        for file in &plan.files {
+            let mut emit = |item: SourceItem| -> bool {
+                let input = match item {
+                    SourceItem::Line { pos, bytes } => match serde_json::from_slice(&bytes) {
+                        Ok(v) => Input::Resource(format!("{}:{}", pos.file, pos.line), v),
+                        Err(e) => Input::Problem(format!(
+                            "{}:{}: malformed JSON (column {})",
+                            pos.file,
+                            pos.line,
+                            e.column()
+                        )),
+                    },
+                    SourceItem::Resource { pos, resource } => Input::Resource(
+                        format!("{}{}", pos.file, pos.path.map(|p| format!(" {p}")).unwrap_or_default()),
+                        resource,
+                    ),
+                    SourceItem::Delete { .. } => return true,
+                    SourceItem::Reject { pos, reason, .. } => {
+                        Input::Problem(format!("{}:{}: {reason}", pos.file, pos.line))
+                    }
+                };
+                tx.blocking_send(input).is_ok()
+            };
+            if let Err(e) = read_source_file(file, &mut emit) {
+                let _ = tx.blocking_send(Input::Problem(e.to_string()));
+            }
+        }
+    });
+    while let Some(input) = rx.recv().await {
+        each(input)?;
+    }
+    reader.await.context("input reader")?;
+    Ok(())
+}
+
+async fn preview(args: PreviewArgs, explain: bool) -> anyhow::Result<ExitCode> {
+    let engine = args.deid.engine()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut problems = 0u64;
+    let mut dropped = 0u64;
+    // Explain: (path with indices removed, rule, method, outcome) -> count.
+    let mut table: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
+    read_inputs(args.inputs, |input| {
+        match input {
+            Input::Problem(message) => {
+                problems += 1;
+                eprintln!("warning: {message}");
+            }
+            Input::Resource(at, mut resource) => {
+                let result = if explain {
+                    let (result, entries) = engine.explain(&mut resource);
+                    for e in entries {
+                        let path = strip_indices(&e.path);
+                        let rule = match e.rule {
+                            Some(i) => format!("#{} {}", i + 1, e.rule_path),
+                            None => e.rule_path,
+                        };
+                        *table.entry((path, rule, e.method, e.outcome)).or_default() += 1;
+                    }
+                    result
+                } else {
+                    engine.deidentify(&mut resource)
+                };
+                match result {
+                    Ok(Disposition::Keep) => {
+                        if !explain {
+                            serde_json::to_writer(&mut out, &resource)?;
+                            out.write_all(b"\n")?;
+                        }
+                    }
+                    Ok(Disposition::Drop { reason }) => {
+                        dropped += 1;
+                        eprintln!("dropped: {at}: {reason}");
+                    }
+                    Err(e) => {
+                        problems += 1;
+                        eprintln!("error: {at}: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    if explain {
+        writeln!(out, "{:<60} {:<8} {:<12} {:<70}", "path", "values", "outcome", "rule")?;
+        for ((path, rule, method, outcome), n) in &table {
+            let rule = if method == "default" {
+                rule.clone()
+            } else {
+                format!("{rule} ({method})")
+            };
+            writeln!(out, "{path:<60} {n:<8} {outcome:<12} {rule}")?;
+        }
+    }
+    out.flush()?;
+    let stats = engine.stats();
+    eprintln!(
+        "{} resources, {} dropped, {} problems; policy {} ({}), key id {}",
+        stats.resources,
+        dropped,
+        problems,
+        engine.policy().name,
+        engine.policy().hash,
+        engine.key().id()
+    );
+    Ok(if problems > 0 { ExitCode::from(super::EXIT_REJECTS) } else { ExitCode::SUCCESS })
+}
+
+/// `Patient.name[0].given[1]` -> `Patient.name.given`.
+fn strip_indices(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut depth = 0;
+    for c in path.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn reidentify(args: &ReidentifyArgs) -> anyhow::Result<ExitCode> {
+    let key = args.deid.load_key()?;
+    let mut failed = 0;
+    let mut one = |token: &str| -> anyhow::Result<()> {
+        match fhirlake_deid::methods::crypt::decrypt(&key, token) {
+            Some(plain) => outln!("{plain}"),
+            None => {
+                failed += 1;
+                eprintln!("error: a value was not encrypted with this key (key id {})", key.id());
+            }
+        }
+        Ok(())
+    };
+    if args.values.is_empty() {
+        for line in std::io::stdin().lock().lines() {
+            let line = line?;
+            if !line.trim().is_empty() {
+                one(line.trim())?;
+            }
+        }
+    } else {
+        for v in &args.values {
+            one(v)?;
+        }
+    }
+    Ok(if failed > 0 { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS })
+}
+
+async fn risk_report(args: RiskArgs) -> anyhow::Result<ExitCode> {
+    let attributes = match &args.quasi {
+        Some(list) => risk::parse_quasi_identifiers(list)?,
+        None => risk::DEFAULT_QUASI_IDENTIFIERS.iter().map(|s| s.to_string()).collect(),
+    };
+    if args.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let lake = args.lake.open()?;
+    let session = lake.session().await?;
+    let names: Vec<&str> = attributes.iter().map(String::as_str).collect();
+    let mut records = Vec::new();
+    let mut stream = session
+        .sql("SELECT resource FROM raw.patient")
+        .await
+        .context("reading raw.patient (has anything been ingested?)")?
+        .execute_stream()
+        .await?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let column = batch.column(0);
+        let strings = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
+        let strings = strings
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .context("raw.patient.resource is not text")?;
+        for text in strings.iter().flatten() {
+            let patient: serde_json::Value =
+                serde_json::from_str(text).context("raw.patient holds a row that is not JSON")?;
+            records.push(risk::quasi_identifiers_of(&patient, &names)?);
+        }
+    }
+    let report = risk::assess(&attributes, &records, args.k);
+    if args.format == "json" {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let text = report.render_text();
+        std::io::stdout().write_all(text.as_bytes())?;
+        if !text.ends_with('\n') {
+            outln!();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
