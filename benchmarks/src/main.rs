@@ -9,8 +9,10 @@
 //!     decompression ceiling;
 //!   - **B** `serde_json` parse of every line to a `Value` and re-serialisation, one thread: the
 //!     design's "≈220 MB/s" reference;
-//!   - **fhirlake**: a full library ingest (parse, validate, stage Parquet, Delta MERGE, run log)
-//!     into a fresh local lake, with [`fhirlake_deid::Passthrough`].
+//!   - **fhirlake ingest**: a full library ingest (parse, validate, stage Parquet, Delta MERGE, run
+//!     log) into a fresh local lake, with [`fhirlake_deid::Passthrough`] (no de-identification);
+//!   - **fhirlake safe-harbor**: the same with the `safe-harbor` policy and a fixed bench key,
+//!     i.e. what `fhirlake ingest` does by default.
 //!
 //! Throughput is always computed over the same figure, the uncompressed NDJSON bytes generated,
 //! so the ratios compare like with like. Nothing here asserts on time.
@@ -188,6 +190,13 @@ fn ingest(args: &IngestArgs) -> Result<()> {
             if workers == 1 { "" } else { "s" }
         ),
     );
+    let mut safe_harbor = Measurement::new(
+        "fhirlake safe-harbor",
+        format!(
+            "full ingest, safe-harbor policy, {workers} worker{}",
+            if workers == 1 { "" } else { "s" }
+        ),
+    );
     let mut last_report = None;
     for round in 1..=args.runs {
         let (seconds, lines) = timed(|| baseline_read_only(&files))?;
@@ -198,7 +207,17 @@ fn ingest(args: &IngestArgs) -> Result<()> {
         check_count("B", lines, generated.resources);
         serde.seconds.push(seconds);
 
-        let report = runtime.block_on(ingest_once(&data, scratch.path(), workers))?;
+        let deid_report =
+            runtime.block_on(ingest_once(&data, scratch.path(), workers, safe_harbor_engine()?))?;
+        check_count("safe-harbor", deid_report.record.totals().read, generated.resources);
+        safe_harbor.seconds.push(deid_report.elapsed.as_secs_f64());
+
+        let report = runtime.block_on(ingest_once(
+            &data,
+            scratch.path(),
+            workers,
+            Arc::new(fhirlake_deid::Passthrough),
+        ))?;
         let totals = report.record.totals();
         check_count("fhirlake", totals.read, generated.resources);
         if totals.rejected > 0 {
@@ -206,16 +225,17 @@ fn ingest(args: &IngestArgs) -> Result<()> {
         }
         fhirlake.seconds.push(report.elapsed.as_secs_f64());
         eprintln!(
-            "round {round}/{}: A {:.3} s, B {:.3} s, fhirlake {:.3} s",
+            "round {round}/{}: A {:.3} s, B {:.3} s, fhirlake {:.3} s, safe-harbor {:.3} s",
             args.runs,
             read_only.seconds[read_only.seconds.len() - 1],
             serde.seconds[serde.seconds.len() - 1],
-            report.elapsed.as_secs_f64()
+            report.elapsed.as_secs_f64(),
+            deid_report.elapsed.as_secs_f64()
         );
         last_report = Some(report);
     }
 
-    let measurements = [read_only, serde, fhirlake];
+    let measurements = [read_only, serde, fhirlake, safe_harbor];
     let rows: Vec<Value> = measurements
         .iter()
         .map(|m| {
@@ -252,8 +272,20 @@ fn ingest(args: &IngestArgs) -> Result<()> {
     Ok(())
 }
 
+/// The default policy with a fixed key (the figures do not depend on the key).
+fn safe_harbor_engine() -> Result<Arc<dyn fhirlake_deid::Deidentifier>> {
+    let policy = fhirlake_deid::Policy::builtin("safe-harbor")?;
+    let key = fhirlake_deid::DeidKey::from_bytes(&[0x5a; 32], "bench key")?;
+    Ok(Arc::new(fhirlake_deid::PolicyEngine::new(policy, key)))
+}
+
 /// One fhirlake ingest of `data` into a fresh lake and landing zone under `scratch`.
-async fn ingest_once(data: &Path, scratch: &Path, workers: usize) -> Result<IngestReport> {
+async fn ingest_once(
+    data: &Path,
+    scratch: &Path,
+    workers: usize,
+    deid: Arc<dyn fhirlake_deid::Deidentifier>,
+) -> Result<IngestReport> {
     let run_dir = tempfile::tempdir_in(scratch).context("creating a lake directory")?;
     let lake_dir = run_dir.path().join("lake");
     let lake_location = lake_dir
@@ -264,7 +296,7 @@ async fn ingest_once(data: &Path, scratch: &Path, workers: usize) -> Result<Inge
         .context("the data directory path is not UTF-8")?
         .to_string();
     let lake = Lake::open(lake_location, Default::default())?;
-    let report = Ingest::new(vec![source], lake, Arc::new(fhirlake_deid::Passthrough))
+    let report = Ingest::new(vec![source], lake, deid)
         .with_landing(run_dir.path().join("landing"))
         .with_workers(workers)
         .run()
@@ -415,13 +447,13 @@ fn print_table(
         args.runs,
     );
     println!(
-        "{:<16} {:>9} {:>9} {:>12} {:>7} {:>7}  what",
+        "{:<20} {:>9} {:>9} {:>12} {:>7} {:>7}  what",
         "name", "seconds", "MB/s", "resources/s", "vs B", "vs A"
     );
     for (m, row) in measurements.iter().zip(rows) {
         let number = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
         println!(
-            "{:<16} {:>9.3} {:>9.1} {:>12.0} {:>6.2}x {:>6.2}x  {}",
+            "{:<20} {:>9.3} {:>9.1} {:>12.0} {:>6.2}x {:>6.2}x  {}",
             m.name,
             number("seconds"),
             number("mb_per_s"),

@@ -490,6 +490,28 @@ fn quickstart_runs_end_to_end() {
         sql_count(dir.path(), "./lake", "SELECT count(*) FROM raw.patient"),
         100
     );
+    // De-identified with a key quickstart created, readable only by its owner.
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = dir.path().join(".fhirlake/deid.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        stdout.contains("de-identified with policy safe-harbor"),
+        "{stdout}"
+    );
+    let original: serde_json::Value =
+        serde_json::from_str(&sample_lines("36.Patient.ndjson.gz")[0]).unwrap();
+    let family = original["name"][0]["family"].as_str().unwrap();
+    assert_eq!(
+        sql_count(
+            dir.path(),
+            "./lake",
+            &format!("SELECT count(*) FROM raw.patient WHERE resource LIKE '%{family}%'")
+        ),
+        0
+    );
 }
 
 #[test]

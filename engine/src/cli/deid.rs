@@ -124,7 +124,7 @@ pub struct PreviewArgs {
 #[derive(Debug, Args)]
 pub struct ReidentifyArgs {
     /// Encrypted values; read from stdin, one per line, when none are given.
-    #[arg(value_name = "VALUE")]
+    #[arg(value_name = "VALUE", allow_hyphen_values = true)]
     pub values: Vec<String>,
 
     #[command(flatten)]
@@ -172,7 +172,11 @@ pub async fn run(command: DeidCommand) -> anyhow::Result<ExitCode> {
             }
             None => bail!(
                 "no built-in profile `{name}` (built-ins: {})",
-                BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                BUILTIN
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
         DeidCommand::Policy(PolicyCommand::List) => {
@@ -232,7 +236,10 @@ enum Input {
 }
 
 /// Reads resources from the inputs on a blocking thread, in order.
-async fn read_inputs(inputs: Vec<String>, mut each: impl FnMut(Input) -> anyhow::Result<()>) -> anyhow::Result<()> {
+async fn read_inputs(
+    inputs: Vec<String>,
+    mut each: impl FnMut(Input) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let plan = plan_sources(&inputs, &StoreOptions::default()).await;
     for problem in &plan.problems {
         each(Input::Problem(problem.to_string()))?;
@@ -254,7 +261,11 @@ async fn read_inputs(inputs: Vec<String>, mut each: impl FnMut(Input) -> anyhow:
                         )),
                     },
                     SourceItem::Resource { pos, resource } => Input::Resource(
-                        format!("{}{}", pos.file, pos.path.map(|p| format!(" {p}")).unwrap_or_default()),
+                        format!(
+                            "{}{}",
+                            pos.file,
+                            pos.path.map(|p| format!(" {p}")).unwrap_or_default()
+                        ),
                         resource,
                     ),
                     SourceItem::Delete { .. } => return true,
@@ -307,8 +318,10 @@ async fn preview(args: PreviewArgs, explain: bool) -> anyhow::Result<ExitCode> {
                 match result {
                     Ok(Disposition::Keep) => {
                         if !explain {
-                            serde_json::to_writer(&mut out, &resource)?;
-                            out.write_all(b"\n")?;
+                            // Serialize first: a closed pipe must surface as an io::Error.
+                            let mut line = serde_json::to_vec(&resource)?;
+                            line.push(b'\n');
+                            out.write_all(&line)?;
                         }
                     }
                     Ok(Disposition::Drop { reason }) => {
@@ -326,7 +339,11 @@ async fn preview(args: PreviewArgs, explain: bool) -> anyhow::Result<ExitCode> {
     })
     .await?;
     if explain {
-        writeln!(out, "{:<60} {:<8} {:<12} {:<70}", "path", "values", "outcome", "rule")?;
+        writeln!(
+            out,
+            "{:<60} {:<8} {:<12} {:<70}",
+            "path", "values", "outcome", "rule"
+        )?;
         for ((path, rule, method, outcome), n) in &table {
             let rule = if method == "default" {
                 rule.clone()
@@ -347,7 +364,11 @@ async fn preview(args: PreviewArgs, explain: bool) -> anyhow::Result<ExitCode> {
         engine.policy().hash,
         engine.key().id()
     );
-    Ok(if problems > 0 { ExitCode::from(super::EXIT_REJECTS) } else { ExitCode::SUCCESS })
+    Ok(if problems > 0 {
+        ExitCode::from(super::EXIT_REJECTS)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `Patient.name[0].given[1]` -> `Patient.name.given`.
@@ -373,7 +394,10 @@ fn reidentify(args: &ReidentifyArgs) -> anyhow::Result<ExitCode> {
             Some(plain) => outln!("{plain}"),
             None => {
                 failed += 1;
-                eprintln!("error: a value was not encrypted with this key (key id {})", key.id());
+                eprintln!(
+                    "error: a value was not encrypted with this key (key id {})",
+                    key.id()
+                );
             }
         }
         Ok(())
@@ -390,13 +414,20 @@ fn reidentify(args: &ReidentifyArgs) -> anyhow::Result<ExitCode> {
             one(v)?;
         }
     }
-    Ok(if failed > 0 { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn risk_report(args: RiskArgs) -> anyhow::Result<ExitCode> {
     let attributes = match &args.quasi {
         Some(list) => risk::parse_quasi_identifiers(list)?,
-        None => risk::DEFAULT_QUASI_IDENTIFIERS.iter().map(|s| s.to_string()).collect(),
+        None => risk::DEFAULT_QUASI_IDENTIFIERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     };
     if args.k == 0 {
         bail!("--k must be at least 1");

@@ -176,7 +176,11 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
             record.policy_name,
             record.stamp.policy_hash,
             record.stamp.key_id,
-            if hits.is_empty() { "no rule hits".to_string() } else { hits.join(", ") },
+            if hits.is_empty() {
+                "no rule hits".to_string()
+            } else {
+                hits.join(", ")
+            },
             d.free_text_default,
             d.dropped_extensions,
             d.dropped_resources,
