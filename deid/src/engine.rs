@@ -96,7 +96,14 @@ struct ResourceCtx {
     /// Original `Type/id` (a seed for perturbation).
     seed: String,
     offset_days: i64,
-    ms_offset: i64,
+    /// The anonymizer's offset for dates processed before the rule governing the root
+    /// resource's `id` (prefix: the original id) ...
+    ms_offset_before: i64,
+    /// ... and after it (prefix: the id as that rule left it). The same for nested resources,
+    /// which the tool processes after their root.
+    ms_offset_after: i64,
+    /// Index of the rule governing the root resource's `id` (`usize::MAX`: none).
+    ms_id_rule: usize,
     contained: bool,
     names: Vec<String>,
     age_band_90: bool,
@@ -109,7 +116,68 @@ struct Walk<'e> {
     error: Option<Error>,
     explain: Option<Vec<ExplainEntry>>,
     path: Vec<String>,
+    /// Operations done in the current resource (anonymizer mode: `meta.security` labels).
+    ms_ops: u8,
+    /// Depth of `substitute` subtrees being walked (array placeholders are kept inside them).
+    in_subst: u32,
 }
+
+/// Operations the anonymizer reports in `meta.security`, in the order it adds the labels.
+const OP_REDACT: u8 = 1;
+const OP_ABSTRACT: u8 = 1 << 1;
+const OP_CRYPTOHASH: u8 = 1 << 2;
+const OP_ENCRYPT: u8 = 1 << 3;
+const OP_PERTURB: u8 = 1 << 4;
+const OP_SUBSTITUTE: u8 = 1 << 5;
+const OP_GENERALIZE: u8 = 1 << 6;
+
+const V3_OBSERVATION_VALUE: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
+
+/// `(operation, system, code, display)` of the anonymizer's security labels.
+const MS_LABELS: [(u8, Option<&str>, &str, &str); 7] = [
+    (
+        OP_REDACT,
+        Some(V3_OBSERVATION_VALUE),
+        "REDACTED",
+        "redacted",
+    ),
+    (
+        OP_ABSTRACT,
+        Some(V3_OBSERVATION_VALUE),
+        "ABSTRED",
+        "abstracted",
+    ),
+    (
+        OP_CRYPTOHASH,
+        Some(V3_OBSERVATION_VALUE),
+        "CRYTOHASH",
+        "cryptographic hash function",
+    ),
+    (
+        OP_ENCRYPT,
+        None,
+        "ENCRYPT",
+        "exact value is transformed into ciphertext",
+    ),
+    (
+        OP_PERTURB,
+        None,
+        "PERTURBED",
+        "exact value is replaced with another exact value",
+    ),
+    (
+        OP_SUBSTITUTE,
+        None,
+        "SUBSTITUTED",
+        "exact value is replaced with a predefined value",
+    ),
+    (
+        OP_GENERALIZE,
+        None,
+        "GENERALIZED",
+        "exact value is replaced with a general value",
+    ),
+];
 
 const FREE_TEXT_TYPES: [&str; 3] = ["string", "markdown", "xhtml"];
 const DATE_TYPES: [&str; 3] = ["date", "dateTime", "instant"];
@@ -224,6 +292,8 @@ impl<'e> Walk<'e> {
             error: None,
             explain: explain.then(Vec::new),
             path: Vec::new(),
+            ms_ops: 0,
+            in_subst: 0,
         }
     }
 
@@ -234,13 +304,26 @@ impl<'e> Walk<'e> {
             .unwrap_or("")
             .to_string();
         if self.explain.is_some() {
-            self.path.push(rt.clone());
+            self.path.push(if fhir_types::is_resource_type(&rt) {
+                rt.clone()
+            } else {
+                "Resource".to_string()
+            });
         }
         let outcome = self.resource(resource, None, None);
         let disposition = if let Some(error) = self.error.take() {
             match self.engine.policy.ms.as_ref().map(|m| m.processing_errors) {
                 Some(ProcessingErrors::Skip) => {
-                    *resource = Value::Object(Map::new());
+                    // The anonymizer's output for a skipped resource: the type and a label.
+                    let mut empty = Map::new();
+                    let ty = if fhir_types::is_resource_type(&rt) {
+                        rt.clone()
+                    } else {
+                        "Resource".to_string()
+                    };
+                    empty.insert("resourceType".into(), Value::String(ty));
+                    add_security_labels(&mut empty, OP_REDACT);
+                    *resource = Value::Object(empty);
                     Disposition::Drop {
                         reason: format!("skipped after a processing error: {error}"),
                     }
@@ -280,7 +363,8 @@ impl<'e> Walk<'e> {
             .unwrap_or("")
             .to_string();
         if !fhir_types::is_resource_type(&rt) {
-            self.fail(&rt, "", "unknown resource type");
+            // The value is not named: a `resourceType` that is no type may hold anything.
+            self.fail("Resource", "", "unknown resource type");
             return Outcome::Keep;
         }
         let id = res
@@ -296,6 +380,8 @@ impl<'e> Walk<'e> {
                 contained: true,
                 names: outer.names.clone(),
                 age_band_90: false,
+                ms_offset_before: outer.ms_offset_after,
+                ms_id_rule: usize::MAX,
                 ..outer.clone()
             },
             None => {
@@ -303,16 +389,26 @@ impl<'e> Walk<'e> {
                     Some(patient) => pseudonym::pseudo_id(&engine.key, "Patient", &patient),
                     None => format!("{rt}/{id}"),
                 };
-                let ms_offset = match &engine.policy.ms {
-                    Some(ms) => ms.date_shift_fixed_offset.unwrap_or_else(|| {
-                        let prefix = match outer {
-                            Some(o) if ms.date_shift_scope == "resource" => o.ms_prefix(),
-                            _ => id.clone(),
-                        };
-                        dates::ms_offset(&prefix, &ms.date_shift_key)
-                    }),
-                    None => 0,
-                };
+                let (ms_offset_before, ms_offset_after, ms_id_rule) =
+                    match (&engine.policy.ms, outer) {
+                        (Some(ms), _) if !ms.embedded_keys => (0, 0, usize::MAX),
+                        (Some(ms), _) if ms.date_shift_fixed_offset.is_some() => {
+                            let fixed = ms.date_shift_fixed_offset.unwrap_or(0);
+                            (fixed, fixed, usize::MAX)
+                        }
+                        // A resource inside a Bundle: the tool takes the prefix from the root, which
+                        // it has processed completely before.
+                        (Some(_), Some(o)) => (o.ms_offset_after, o.ms_offset_after, usize::MAX),
+                        (Some(ms), None) => {
+                            let (rule, final_id) = self.ms_final_id(res, &rt, &id);
+                            (
+                                dates::ms_offset(&id, &ms.date_shift_key),
+                                dates::ms_offset(&final_id, &ms.date_shift_key),
+                                rule,
+                            )
+                        }
+                        (None, _) => (0, 0, usize::MAX),
+                    };
                 ResourceCtx {
                     resource_type: rt.clone(),
                     seed: format!("{rt}/{id}"),
@@ -321,7 +417,9 @@ impl<'e> Walk<'e> {
                         &scope,
                         engine.policy.defaults.date_shift_days,
                     ),
-                    ms_offset,
+                    ms_offset_before,
+                    ms_offset_after,
+                    ms_id_rule,
                     contained: false,
                     names: if engine.scrubber.is_some() {
                         methods::scrub::name_parts(res)
@@ -357,20 +455,77 @@ impl<'e> Walk<'e> {
         let Value::Object(map) = res else {
             return Outcome::Keep;
         };
-        let (outcome, _) = self.object(map, &rt, &states, gov, &mut ctx);
-        if ctx.age_band_90 {
-            if let Value::Object(map) = res {
-                let ext = serde_json::json!({"url": AGE_BAND_EXTENSION_URL, "valueString": "90+"});
-                match map.get_mut("extension") {
-                    Some(Value::Array(list)) => list.push(ext),
-                    _ => {
-                        map.insert("extension".into(), Value::Array(vec![ext]));
-                    }
-                }
-                return Outcome::Changed;
+        let outer_ops = std::mem::take(&mut self.ms_ops);
+        // A resource inside a substituted node is a resource of its own.
+        let outer_subst = std::mem::take(&mut self.in_subst);
+        let (mut outcome, _) = self.object(map, &rt, &states, gov, &mut ctx);
+        self.in_subst = outer_subst;
+        let mine = self.ms_ops;
+        self.ms_ops = outer_ops | mine;
+        if engine.policy.ms.is_some() {
+            // The anonymizer never removes a resource (an emptied one keeps its type), and labels
+            // what it did in `meta.security` (a contained resource's work counts for its
+            // container, an entry's for its Bundle).
+            if outcome == Outcome::Remove {
+                outcome = Outcome::Changed;
+            }
+            if !contained && add_security_labels(map, mine) {
+                outcome = Outcome::Changed;
             }
         }
+        if ctx.age_band_90
+            && let Value::Object(map) = res
+        {
+            let ext = serde_json::json!({"url": AGE_BAND_EXTENSION_URL, "valueString": "90+"});
+            match map.get_mut("extension") {
+                Some(Value::Array(list)) => list.push(ext),
+                _ => {
+                    map.insert("extension".into(), Value::Array(vec![ext]));
+                }
+            }
+            return Outcome::Changed;
+        }
         outcome
+    }
+
+    /// The rule governing the root resource's `id` and the id as that rule leaves it: the
+    /// anonymizer's date shift reads the id when it gets to a date, so dates its rules reach
+    /// after the id's rule use the new id as prefix (`Resource.id: cryptoHash` first).
+    fn ms_final_id(&self, res: &Value, rt: &str, id: &str) -> (usize, String) {
+        let Some(id_value) = res.get("id") else {
+            return (usize::MAX, id.to_string());
+        };
+        let root = NodeInfo {
+            element: "",
+            ty: rt,
+            value: res,
+        };
+        let id_node = NodeInfo {
+            element: "id",
+            ty: "id",
+            value: id_value,
+        };
+        for (i, rule) in self.rules().iter().enumerate() {
+            let (state, matched) = rule.selector.start(root);
+            if !matched && (state.is_dead() || !rule.selector.step(state, id_node).1) {
+                continue;
+            }
+            let hash_key = self
+                .engine
+                .policy
+                .ms
+                .as_ref()
+                .map_or("", |m| m.crypto_hash_key.as_str());
+            let final_id = match &rule.method {
+                Method::Pseudonymize => pseudonym::hmac_hex(hash_key, id),
+                Method::Redact => String::new(),
+                Method::Substitute(Value::String(s)) => s.clone(),
+                Method::Substitute(_) => String::new(),
+                _ => id.to_string(),
+            };
+            return (i, final_id);
+        }
+        (usize::MAX, id.to_string())
     }
 
     fn fail(&mut self, resource_type: &str, path: &str, reason: &str) {
@@ -407,6 +562,7 @@ impl<'e> Walk<'e> {
         let mut changed = false;
         let mut touched = false;
         let explaining = self.explain.is_some();
+        let ms = self.engine.policy.ms.is_some();
         for (key, value) in map.iter_mut() {
             if key == "resourceType" {
                 continue;
@@ -416,6 +572,24 @@ impl<'e> Walk<'e> {
                 Some(c) => (c.element, c.type_code),
                 None => (key.as_str(), ""),
             };
+            // `_birthDate`: the id and extensions of the primitive `birthDate`.
+            let ext_part = child_ty == "Element" && key.starts_with('_');
+            // The anonymizer sees a primitive and its `_x` part as one node, of the primitive's
+            // type (`nodesByType('date')` covers the extensions of a date too).
+            let match_ty: &str = if ms && ext_part {
+                key.get(1..)
+                    .and_then(|k| fhir_types::child(ty, k))
+                    .map_or(child_ty, |c| c.type_code)
+            } else {
+                child_ty
+            };
+            // Repeating elements written as a single value come out as arrays (as the tool
+            // serializes them).
+            if ms && child.is_some_and(|c| c.is_array) && !value.is_array() && !value.is_null() {
+                let single = std::mem::take(value);
+                *value = Value::Array(vec![single]);
+                changed = true;
+            }
             let parent = Parent {
                 ty,
                 system: system.as_deref(),
@@ -424,38 +598,58 @@ impl<'e> Walk<'e> {
             if explaining {
                 self.path.push(key.clone());
             }
+            let slot = Slot {
+                element,
+                ty: child_ty,
+                match_ty,
+                ext_part,
+            };
             let outcome = match value {
                 Value::Array(items) => {
                     let mut any_changed = false;
+                    let mut any_removed = false;
                     for (i, item) in items.iter_mut().enumerate() {
                         if explaining {
                             self.path.push(format!("[{i}]"));
                         }
-                        let (o, t) =
-                            self.node(item, element, child_ty, states, governing, &parent, ctx);
+                        let (o, t) = self.node(item, slot, states, governing, &parent, ctx);
                         touched |= t;
                         if explaining {
                             self.path.pop();
                         }
                         match o {
-                            Outcome::Remove => *item = Value::Null,
+                            Outcome::Remove => {
+                                *item = Value::Null;
+                                any_removed = true;
+                            }
                             Outcome::Changed => any_changed = true,
                             Outcome::Keep => {}
                         }
                     }
-                    let before = items.len();
-                    items.retain(|v| !v.is_null());
-                    if items.is_empty() {
-                        Outcome::Remove
-                    } else if items.len() != before || any_changed {
-                        Outcome::Changed
+                    if ext_part || self.in_subst > 0 {
+                        // Positions matter: `_given[i]` belongs to `given[i]`, and a substitution
+                        // fills the slots of what it replaced.
+                        if items.iter().all(Value::is_null) {
+                            Outcome::Remove
+                        } else if any_removed || any_changed {
+                            Outcome::Changed
+                        } else {
+                            Outcome::Keep
+                        }
                     } else {
-                        Outcome::Keep
+                        let before = items.len();
+                        items.retain(|v| !v.is_null());
+                        if items.is_empty() {
+                            Outcome::Remove
+                        } else if items.len() != before || any_changed {
+                            Outcome::Changed
+                        } else {
+                            Outcome::Keep
+                        }
                     }
                 }
                 _ => {
-                    let (o, t) =
-                        self.node(value, element, child_ty, states, governing, &parent, ctx);
+                    let (o, t) = self.node(value, slot, states, governing, &parent, ctx);
                     touched |= t;
                     o
                 }
@@ -486,12 +680,10 @@ impl<'e> Walk<'e> {
         (outcome, touched)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn node(
         &mut self,
         value: &mut Value,
-        element: &str,
-        ty: &str,
+        slot: Slot<'_>,
         parent_states: &[(usize, MatchState)],
         governing: Option<usize>,
         parent: &Parent<'_>,
@@ -500,23 +692,28 @@ impl<'e> Walk<'e> {
         if value.is_null() {
             return (Outcome::Keep, false);
         }
+        let Slot {
+            element,
+            ty,
+            match_ty,
+            ext_part,
+        } = slot;
         let rules = self.rules();
         let mut states = Vec::new();
         let mut first = None;
         let is_resource = ty == "Resource";
-        let node_ty: &str = if is_resource {
-            value
-                .get("resourceType")
-                .and_then(Value::as_str)
-                .unwrap_or("Resource")
-        } else {
-            ty
-        };
-        let node_ty = node_ty.to_string();
         {
+            let node_ty: &str = if is_resource {
+                value
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Resource")
+            } else {
+                match_ty
+            };
             let info = NodeInfo {
                 element,
-                ty: &node_ty,
+                ty: node_ty,
                 value,
             };
             for &(i, state) in parent_states {
@@ -541,8 +738,9 @@ impl<'e> Walk<'e> {
             };
             return (self.resource(value, gov, Some(&outer)), touched);
         }
+        let ms = self.engine.policy.ms.is_some();
         if !parent.known && !parent.ty.is_empty() && gov.is_none() {
-            if self.engine.policy.ms.is_some() {
+            if ms {
                 self.fail(&ctx.resource_type, "", "unknown element for FHIR R4");
                 return (Outcome::Keep, touched);
             }
@@ -583,27 +781,64 @@ impl<'e> Walk<'e> {
                         _ => {}
                     }
                 }
-                let (outcome, inner_touched) = self.object(map, ty, &states, gov, ctx);
-                if let (Some(i), Some(Method::Substitute(replacement))) =
-                    (first, gov.map(|g| &rules[g].method))
+                if ms
+                    && !ext_part
+                    && matches!(gov.map(|g| &rules[g].method), Some(Method::Generalize(_)))
                 {
-                    debug_assert_eq!(Some(i), gov);
-                    let mut new = replacement.clone();
-                    if let (Value::Object(new_map), true) = (&mut new, inner_touched) {
-                        // Keep what an earlier rule did inside the substituted node.
-                        for (k, v) in map.iter() {
-                            new_map.insert(k.clone(), v.clone());
+                    // The anonymizer generalizes primitive values only.
+                    self.fail(
+                        &ctx.resource_type,
+                        "",
+                        "generalize applies to primitive values only",
+                    );
+                    return (Outcome::Keep, touched);
+                }
+                let substitute = match first.map(|i| (i, &rules[i].method)) {
+                    Some((i, Method::Substitute(replacement))) => Some((i, replacement)),
+                    _ => None,
+                };
+                if substitute.is_some() {
+                    self.in_subst += 1;
+                }
+                let (outcome, inner_touched) = self.object(map, ty, &states, gov, ctx);
+                if let Some((i, replacement)) = substitute {
+                    self.in_subst -= 1;
+                    // What is left of the node is what earlier rules handled inside it (the rest
+                    // was removed); the replacement fills in around it.
+                    let mut kept = std::mem::take(map);
+                    match replacement {
+                        // The value of a primitive is in its sibling key, substituted there.
+                        _ if ext_part => {
+                            prune_placeholders(&mut kept);
+                            *value = Value::Object(kept);
                         }
+                        Value::Object(r) => {
+                            merge_substitute(&mut kept, r);
+                            prune_placeholders(&mut kept);
+                            *value = Value::Object(kept);
+                        }
+                        other => *value = other.clone(),
                     }
-                    *value = new;
+                    self.ms_ops |= OP_SUBSTITUTE;
                     self.counts.methods[6] += 1;
                     self.record(Some(i), "", "changed");
-                    return (Outcome::Changed, true);
+                    let empty = value.as_object().is_some_and(Map::is_empty);
+                    return (
+                        if empty {
+                            Outcome::Remove
+                        } else {
+                            Outcome::Changed
+                        },
+                        true,
+                    );
                 }
                 (outcome, touched || inner_touched)
             }
             Value::Array(_) => (Outcome::Keep, touched),
-            _ => (self.leaf(value, element, ty, gov, parent, ctx), touched),
+            _ => (
+                self.leaf(value, element, ty, gov, first.is_some(), parent, ctx),
+                touched,
+            ),
         }
     }
 
@@ -633,6 +868,7 @@ impl<'e> Walk<'e> {
         element: &str,
         ty: &str,
         gov: Option<usize>,
+        direct: bool,
         parent: &Parent<'_>,
         ctx: &mut ResourceCtx,
     ) -> Outcome {
@@ -663,7 +899,13 @@ impl<'e> Walk<'e> {
             return outcome;
         };
         let method = &engine.policy.rules[i].method;
+        if matches!(method, Method::Substitute(_)) && !direct {
+            // Inside a substituted node: replaced along with it (see `node`).
+            return Outcome::Remove;
+        }
         let ms = engine.policy.ms.as_ref().filter(|m| m.embedded_keys);
+        let ms_mode = engine.policy.ms.is_some();
+        let had_value = !value.is_null() && value.as_str() != Some("");
         let outcome = match method {
             Method::Keep => Outcome::Keep,
             Method::Redact => match engine.policy.ms.as_ref() {
@@ -711,11 +953,17 @@ impl<'e> Walk<'e> {
                         }
                     }
                 };
+                if ms_mode && had_value {
+                    self.ms_ops |= OP_CRYPTOHASH;
+                }
                 set_string(value, new)
             }
             Method::Encrypt => match value {
                 Value::String(text) => {
                     let c = crypt::encrypt(&engine.key, text);
+                    if ms_mode {
+                        self.ms_ops |= OP_ENCRYPT;
+                    }
                     set_string(value, c)
                 }
                 _ => Outcome::Remove,
@@ -723,26 +971,35 @@ impl<'e> Walk<'e> {
             Method::DateShift => match (value.as_str(), DATE_TYPES.contains(&ty)) {
                 (Some(text), true) => match (&engine.policy.ms, ms) {
                     (Some(m), _) => {
-                        if dates::age_in_years(text, engine.today).is_some_and(|a| a > 89) {
-                            Outcome::Remove
-                        } else if !dates::is_full_date(text) {
-                            if m.partial_dates {
-                                match dates::to_year(text) {
+                        // A date the tool cannot shift (partial, or over 89 years old) is
+                        // redacted instead, as its redact would.
+                        let head = ms_date_head(text);
+                        let over_89 =
+                            dates::age_in_years(head, engine.today).is_some_and(|a| a > 89);
+                        let shifted = if over_89 {
+                            None
+                        } else {
+                            let days = if !m.embedded_keys {
+                                ctx.offset_days
+                            } else if ctx.ms_id_rule < i {
+                                ctx.ms_offset_after
+                            } else {
+                                ctx.ms_offset_before
+                            };
+                            dates::ms_shift(text, days)
+                        };
+                        match shifted {
+                            Some(s) => {
+                                self.ms_ops |= OP_PERTURB;
+                                set_string(value, s)
+                            }
+                            None => {
+                                self.ms_ops |= OP_REDACT;
+                                let partial = m.partial_dates && !over_89;
+                                match dates::to_year(head).filter(|_| partial) {
                                     Some(y) => set_string(value, y),
                                     None => Outcome::Remove,
                                 }
-                            } else {
-                                Outcome::Remove
-                            }
-                        } else {
-                            let days = if m.embedded_keys {
-                                ctx.ms_offset
-                            } else {
-                                ctx.offset_days
-                            };
-                            match dates::ms_shift(text, days) {
-                                Some(s) => set_string(value, s),
-                                None => Outcome::Remove,
                             }
                         }
                     }
@@ -754,8 +1011,14 @@ impl<'e> Walk<'e> {
                 },
                 _ => Outcome::Keep,
             },
-            Method::Generalize(g) => self.generalize(value, ty, g, ctx),
+            Method::Generalize(g) => {
+                if ms_mode && !value.is_null() {
+                    self.ms_ops |= OP_GENERALIZE;
+                }
+                self.generalize(value, ty, g, ctx)
+            }
             Method::Substitute(replacement) => {
+                self.ms_ops |= OP_SUBSTITUTE;
                 *value = replacement.clone();
                 Outcome::Changed
             }
@@ -771,6 +1034,9 @@ impl<'e> Walk<'e> {
                         }
                     }
                     *value = eval::number_json(v);
+                    if ms_mode {
+                        self.ms_ops |= OP_PERTURB;
+                    }
                     Outcome::Changed
                 }
                 _ => Outcome::Keep,
@@ -807,31 +1073,44 @@ impl<'e> Walk<'e> {
         partial_zip: bool,
     ) -> Outcome {
         let engine = self.engine;
-        if partial_dates && DATE_TYPES.contains(&ty) {
-            if let Some(text) = value.as_str() {
-                if dates::age_in_years(text, engine.today).is_some_and(|a| a > 89) {
-                    return Outcome::Remove;
-                }
-                return match dates::to_year(text) {
-                    Some(y) => set_string(value, y),
-                    None => Outcome::Remove,
-                };
-            }
+        match value {
+            Value::Null => return Outcome::Keep,
+            // Nothing to label, but nothing to keep either.
+            Value::String(text) if text.is_empty() => return Outcome::Remove,
+            _ => {}
         }
-        if partial_ages && parent.ty == "Age" && element == "value" {
-            if let Some(n) = value.as_f64() {
-                return if n > 89.0 {
-                    Outcome::Remove
-                } else {
-                    Outcome::Keep
-                };
-            }
+        if partial_zip
+            && element == "postalCode"
+            && let Some(text) = value.as_str()
+        {
+            self.ms_ops |= OP_ABSTRACT;
+            let z = methods::ms_zip(text, &engine.policy.defaults.restricted_zip3);
+            return set_string(value, z);
         }
-        if partial_zip && element == "postalCode" {
-            if let Some(text) = value.as_str() {
-                let z = methods::ms_zip(text, &engine.policy.defaults.restricted_zip3);
-                return set_string(value, z);
+        self.ms_ops |= OP_REDACT;
+        if partial_dates
+            && DATE_TYPES.contains(&ty)
+            && let Some(text) = value.as_str()
+        {
+            let head = ms_date_head(text);
+            if dates::age_in_years(head, engine.today).is_some_and(|a| a > 89) {
+                return Outcome::Remove;
             }
+            return match dates::to_year(head) {
+                Some(y) => set_string(value, y),
+                None => Outcome::Remove,
+            };
+        }
+        if partial_ages
+            && parent.ty == "Age"
+            && element == "value"
+            && let Some(n) = value.as_f64()
+        {
+            return if n > 89.0 {
+                Outcome::Remove
+            } else {
+                Outcome::Keep
+            };
         }
         Outcome::Remove
     }
@@ -937,11 +1216,149 @@ impl<'e> Walk<'e> {
     }
 }
 
+/// Where a node sits: its element name, its type (for its children), the type rules match it
+/// as, and whether it is the `_x` part of a primitive.
+#[derive(Debug, Clone, Copy)]
+struct Slot<'a> {
+    element: &'a str,
+    ty: &'a str,
+    match_ty: &'a str,
+    ext_part: bool,
+}
+
+/// Merges a `substitute` replacement into what is left of the substituted node (the parts earlier
+/// rules handled), as the anonymizer does: a kept child stays and takes its slot, a removed one
+/// (a `null` placeholder in an array) is replaced by the replacement's value at its position, a
+/// partly kept object is merged with the replacement's, and the replacement's extra values are
+/// appended.
+fn merge_substitute(kept: &mut Map<String, Value>, replacement: &Map<String, Value>) {
+    for (key, target) in replacement {
+        let targets: &[Value] = match target {
+            Value::Array(items) => items,
+            other => std::slice::from_ref(other),
+        };
+        match kept.get_mut(key) {
+            None => {
+                kept.insert(key.clone(), target.clone());
+            }
+            Some(Value::Array(items)) => {
+                let n = items.len();
+                let mut out = Vec::with_capacity(n.max(targets.len()));
+                for (p, item) in std::mem::take(items).into_iter().enumerate() {
+                    match (item, targets.get(p)) {
+                        (Value::Null, Some(t)) => out.push(t.clone()),
+                        (Value::Null, None) => {}
+                        (Value::Object(mut m), Some(Value::Object(t))) => {
+                            merge_substitute(&mut m, t);
+                            out.push(Value::Object(m));
+                        }
+                        (other, _) => out.push(other),
+                    }
+                }
+                out.extend(targets.iter().skip(n).cloned());
+                *items = out;
+            }
+            Some(Value::Object(m)) => {
+                if let Some(Value::Object(t)) = targets.first() {
+                    merge_substitute(m, t);
+                }
+            }
+            // A value an earlier rule handled: it stays.
+            Some(_) => {}
+        }
+    }
+}
+
+/// Removes the `null` placeholders a substitution left in arrays (not in `_x` arrays, where
+/// `null` keeps positions), and the emptied containers.
+fn prune_placeholders(map: &mut Map<String, Value>) {
+    map.retain(|key, value| match value {
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                if let Value::Object(m) = item {
+                    prune_placeholders(m);
+                    if m.is_empty() {
+                        *item = Value::Null;
+                    }
+                }
+            }
+            if !key.starts_with('_') {
+                items.retain(|v| !v.is_null());
+            }
+            !items.iter().all(Value::is_null)
+        }
+        Value::Object(m) => {
+            if m.contains_key("resourceType") {
+                return true;
+            }
+            prune_placeholders(m);
+            !m.is_empty()
+        }
+        Value::Null => false,
+        _ => true,
+    });
+}
+
+/// Adds the anonymizer's `meta.security` labels for `ops` (those not there yet, by code).
+/// Returns whether anything was added.
+fn add_security_labels(map: &mut Map<String, Value>, ops: u8) -> bool {
+    if ops == 0 {
+        return false;
+    }
+    let meta = map
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    let Value::Object(meta) = meta else {
+        return false;
+    };
+    let security = meta
+        .entry("security")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !security.is_array() {
+        *security = Value::Array(Vec::new());
+    }
+    let Value::Array(list) = security else {
+        return false;
+    };
+    let mut added = false;
+    for (op, system, code, display) in MS_LABELS {
+        if ops & op == 0
+            || list.iter().any(|l| {
+                l.get("code")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| c.eq_ignore_ascii_case(code))
+            })
+        {
+            continue;
+        }
+        let mut label = Map::new();
+        if let Some(system) = system {
+            label.insert("system".into(), Value::String(system.into()));
+        }
+        label.insert("code".into(), Value::String(code.into()));
+        label.insert("display".into(), Value::String(display.into()));
+        list.push(Value::Object(label));
+        added = true;
+    }
+    added
+}
+
 /// What a child needs to know about its parent.
 struct Parent<'a> {
     ty: &'a str,
     system: Option<&'a str>,
     known: bool,
+}
+
+/// The date the anonymizer reads from a value: its leading `YYYY-MM-DD` when there is one (it
+/// matches a pattern, so `2001-01-01Z` is read as `2001-01-01`), else the whole text.
+fn ms_date_head(text: &str) -> &str {
+    text.get(..10)
+        .filter(|head| dates::is_full_date(head))
+        .unwrap_or(text)
 }
 
 fn set_string(value: &mut Value, new: String) -> Outcome {
@@ -957,19 +1374,6 @@ fn outcome_name(o: Outcome) -> &'static str {
         Outcome::Keep => "kept",
         Outcome::Changed => "changed",
         Outcome::Remove => "removed",
-    }
-}
-
-impl ResourceCtx {
-    fn ms_prefix(&self) -> String {
-        self.seed
-            .split('#')
-            .next()
-            .unwrap_or("")
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string()
     }
 }
 
@@ -1007,5 +1411,176 @@ impl Deidentifier for PolicyEngine {
 
     fn stats(&self) -> Option<DeidStats> {
         Some(PolicyEngine::stats(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn engine(policy_text: &str) -> PolicyEngine {
+        let policy = Policy::parse(policy_text, "test", "test").expect("policy");
+        let key = DeidKey::from_bytes(&[7; 32], "test").expect("key");
+        PolicyEngine::new(policy, key)
+            .with_today(NaiveDate::from_ymd_opt(2025, 1, 1).expect("date"))
+    }
+
+    fn run(engine: &PolicyEngine, mut resource: Value) -> Value {
+        engine.deidentify(&mut resource).expect("deidentify");
+        resource
+    }
+
+    #[test]
+    fn substitute_keeps_what_an_earlier_rule_did_inside() {
+        // Before the fix each leaf under the substituted node was replaced by the whole
+        // replacement object, and those leaves were then merged back over the replacement.
+        let e = engine(
+            r#"
+            [[rules]]
+            path = "Patient.name.period"
+            method = "keep"
+            [[rules]]
+            path = "Patient.name"
+            method = "substitute"
+            params = { replace_with = { family = "X", given = ["A", "B"] } }
+            "#,
+        );
+        let out = run(
+            &e,
+            json!({"resourceType": "Patient", "name": [
+                {"family": "Doe", "given": ["Jane"], "use": "official", "period": {"start": "2001"}}
+            ]}),
+        );
+        assert_eq!(
+            out["name"],
+            json!([{"family": "X", "given": ["A", "B"], "period": {"start": "2001"}}])
+        );
+        let counts = e.stats();
+        assert_eq!(counts.rule_hits[6], ("substitute".to_string(), 1));
+    }
+
+    #[test]
+    fn an_unknown_resource_type_is_not_echoed() {
+        let e = engine("[[rules]]\npath = \"Patient.name\"\nmethod = \"redact\"\n");
+        let mut bad = json!({"resourceType": "Jane Doe", "id": "x"});
+        let err = e.deidentify(&mut bad).expect_err("unknown type");
+        assert!(!err.to_string().contains("Jane"), "{err}");
+        let (result, _) = e.explain(&mut bad);
+        let err = result.expect_err("unknown type");
+        assert!(!err.to_string().contains("Jane"), "{err}");
+    }
+
+    #[test]
+    fn primitive_extension_arrays_keep_their_positions() {
+        // `_given[i]` belongs to `given[i]`: removing an entry must not shift the others.
+        let e = engine(
+            r#"
+            [[rules]]
+            path = "nodesByType('Extension')"
+            method = "redact"
+            "#,
+        );
+        let out = run(
+            &e,
+            json!({"resourceType": "Patient", "name": [{
+                "given": ["A", "B", "C"],
+                "_given": [null, {"id": "g2", "extension": [{"url": "u", "valueString": "x"}]},
+                           {"extension": [{"url": "u", "valueString": "y"}]}]
+            }]}),
+        );
+        assert_eq!(out["name"][0]["_given"], json!([null, {"id": "g2"}, null]));
+        assert_eq!(out["name"][0]["given"], json!(["A", "B", "C"]));
+    }
+
+    #[test]
+    fn security_labels_only_in_anonymizer_mode() {
+        let native = engine(
+            r#"
+            [[rules]]
+            path = "Patient.name"
+            method = "redact"
+            "#,
+        );
+        let out = run(
+            &native,
+            json!({"resourceType": "Patient", "name": [{"family": "Doe"}], "gender": "male"}),
+        );
+        assert_eq!(out, json!({"resourceType": "Patient", "gender": "male"}));
+
+        let ms = engine(
+            r#"{"fhirPathRules": [
+                {"path": "Patient.name", "method": "redact"},
+                {"path": "Patient.id", "method": "cryptoHash"}
+            ], "parameters": {"cryptoHashKey": "123"}}"#,
+        );
+        let out = run(
+            &ms,
+            json!({"resourceType": "Patient", "id": "example", "name": [{"family": "Doe"}],
+                   "meta": {"security": [{"code": "REDACTED"}]}}),
+        );
+        assert_eq!(
+            out["meta"]["security"],
+            json!([
+                {"code": "REDACTED"},
+                {"system": V3_OBSERVATION_VALUE, "code": "CRYTOHASH",
+                 "display": "cryptographic hash function"}
+            ])
+        );
+        assert!(out.get("name").is_none());
+    }
+
+    #[test]
+    fn anonymizer_mode_keeps_emptied_resources_and_arrays_repeating_elements() {
+        let ms = engine(r#"{"fhirPathRules": [{"path": "Resource", "method": "redact"}]}"#);
+        let out = run(
+            &ms,
+            json!({"resourceType": "Condition", "id": "c",
+                   "contained": [{"resourceType": "Practitioner", "id": "p1"}]}),
+        );
+        assert_eq!(
+            out,
+            json!({"resourceType": "Condition",
+                   "contained": [{"resourceType": "Practitioner"}],
+                   "meta": {"security": [{"system": V3_OBSERVATION_VALUE, "code": "REDACTED",
+                                          "display": "redacted"}]}})
+        );
+        let keep = engine(r#"{"fhirPathRules": [{"path": "Resource", "method": "keep"}]}"#);
+        let out = run(
+            &keep,
+            json!({"resourceType": "Patient", "communication": {"language": {"text": "en"}}}),
+        );
+        assert_eq!(out["communication"], json!([{"language": {"text": "en"}}]));
+    }
+
+    #[test]
+    fn anonymizer_date_shift_prefix_follows_the_id_rule() {
+        // The tool reads the resource id when it reaches a date: after `Resource.id: cryptoHash`
+        // it is the hashed id.
+        let hashed_first = engine(
+            r#"{"fhirPathRules": [
+                {"path": "Resource.id", "method": "cryptoHash"},
+                {"path": "nodesByType('date')", "method": "dateShift"}
+            ], "parameters": {"cryptoHashKey": "123", "dateShiftKey": "123"}}"#,
+        )
+        .policy
+        .clone()
+        .with_embedded_ms_keys();
+        let e = PolicyEngine::new(
+            hashed_first,
+            DeidKey::from_bytes(&[7; 32], "t").expect("key"),
+        )
+        .with_today(NaiveDate::from_ymd_opt(2025, 1, 1).expect("date"));
+        let out = run(
+            &e,
+            json!({"resourceType": "Patient", "id": "example", "birthDate": "2016-01-01"}),
+        );
+        let hashed = pseudonym::hmac_hex("123", "example");
+        let days = dates::ms_offset(&hashed, "123");
+        assert_eq!(
+            out["birthDate"],
+            json!(dates::shift("2016-01-01", days).expect("date"))
+        );
     }
 }

@@ -178,7 +178,10 @@ impl DeidKey {
 }
 
 fn decode_key_text(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 == 0 && text.len() >= 2 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if text.len().is_multiple_of(2)
+        && text.len() >= 2
+        && text.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return hex_decode(text);
     }
     let engines = [

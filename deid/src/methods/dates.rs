@@ -47,7 +47,9 @@ fn split(text: &str) -> Option<(Precision, NaiveDate, &str)> {
     }
     let day: u32 = text[8..10].parse().ok()?;
     let rest = &text[10..];
-    if !(rest.is_empty() || rest.starts_with('T')) {
+    // Anything after the day must be a time (and zone): other text is not a FHIR date, and it
+    // must not ride along into the output.
+    if !(rest.is_empty() || time_len(rest) == Some(rest.len())) {
         return None;
     }
     Some((
@@ -130,12 +132,21 @@ pub fn ms_offset(prefix: &str, key: &str) -> i64 {
 }
 
 /// The anonymizer's date shift: the date moves, the time digits become zeros, the zone stays.
+/// Like the tool, it reads the leading `YYYY-MM-DD` and ignores what follows unless it is a time
+/// (`2001-01-01Z` gives just the shifted date). `None` for dates without a day.
 pub fn ms_shift(text: &str, days: i64) -> Option<String> {
-    let (p, _, rest) = split(text)?;
+    let date = text.get(..10)?;
+    let (p, _, _) = split(date)?;
     if p != Precision::Day {
         return None;
     }
-    let shifted = shift(&text[..10], days)?;
+    let shifted = shift(date, days)?;
+    let rest = &text[10..];
+    if !rest.starts_with('T') {
+        return Some(shifted);
+    }
+    // Only the time the tool recognizes is written back; text after it is dropped.
+    let rest = &rest[..time_len(rest)?];
     let zeroed: String = rest
         .char_indices()
         .map(|(i, c)| {
@@ -148,6 +159,42 @@ pub fn ms_shift(text: &str, days: i64) -> Option<String> {
         })
         .collect();
     Some(format!("{shifted}{zeroed}"))
+}
+
+/// Length of the time and zone at the start of `rest` (`T13:28:17.123-05:00`, `T10:00Z`), or
+/// `None` when `rest` does not start with one.
+fn time_len(rest: &str) -> Option<usize> {
+    let b = rest.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone())
+            .is_some_and(|s| s.iter().all(u8::is_ascii_digit))
+    };
+    if b.first() != Some(&b'T') || !digits(1..3) || b.get(3) != Some(&b':') || !digits(4..6) {
+        return None;
+    }
+    let mut i = 6;
+    if b.get(6) == Some(&b':') && digits(7..9) {
+        i = 9;
+        if b.get(9) == Some(&b'.') {
+            let frac = b[10..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if frac == 0 {
+                return None;
+            }
+            i = 10 + frac;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z') => i += 1,
+        Some(b'+' | b'-') => {
+            if digits(i + 1..i + 3) && b.get(i + 3) == Some(&b':') && digits(i + 4..i + 6) {
+                i += 6;
+            } else {
+                return None;
+            }
+        }
+        _ => {}
+    }
+    Some(i)
 }
 
 fn in_zone(rest: &str, i: usize) -> bool {
@@ -183,6 +230,11 @@ mod tests {
         assert_eq!(shift("2015", 180).unwrap(), "2015");
         assert_eq!(shift("2015", -180).unwrap(), "2015");
         assert!(shift("yesterday", 3).is_none());
+        // Text after the time is not a date: nothing of it may survive.
+        assert!(shift("1961-03-04T10:00:00 Jane Doe", 3).is_none());
+        assert!(shift("2020-01-01Tcall 555-504-7600", 3).is_none());
+        assert!(to_year("2020-01-01T10:00:00Z and more").is_none());
+        assert_eq!(shift("2015-02-07T13:28", 1).unwrap(), "2015-02-08T13:28");
         assert!(shift("2015-13-01", 3).is_none());
     }
 
@@ -217,6 +269,14 @@ mod tests {
             ms_shift("2015-02-07T13:28:17.12345-05:00", -21).unwrap(),
             "2015-01-17T00:00:00.00000-05:00"
         );
+        assert_eq!(ms_shift("2001-01-01Z", 41).unwrap(), "2001-02-11");
+        assert_eq!(
+            ms_shift("2015-02-07T13:28:17Z Jane Doe", -21).unwrap(),
+            "2015-01-17T00:00:00Z"
+        );
+        assert_eq!(ms_shift("2015-02-07Tcall 555", -21), None);
+        assert_eq!(ms_shift("2015-02", 41), None);
+        assert_eq!(ms_shift("2015-02-30", 41), None);
     }
 
     #[test]

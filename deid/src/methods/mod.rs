@@ -37,7 +37,7 @@ pub fn zip3(zip: &str, restricted: &[String]) -> Option<String> {
     if digits.len() < 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    if restricted.iter().any(|r| *r == digits) {
+    if restricted.contains(&digits) {
         Some("000".to_string())
     } else {
         Some(digits)
@@ -48,7 +48,7 @@ pub fn zip3(zip: &str, restricted: &[String]) -> Option<String> {
 /// areas all zeros (`98028-1830` -> `98000-0000`).
 pub fn ms_zip(zip: &str, restricted: &[String]) -> String {
     let prefix: String = zip.chars().take(3).collect();
-    let restricted = restricted.iter().any(|r| *r == prefix);
+    let restricted = restricted.contains(&prefix);
     zip.chars()
         .enumerate()
         .map(|(i, c)| {

@@ -307,21 +307,25 @@ fn string_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option
     let Some(arg) = args.get(i) else {
         return Err(EvalError::BadArguments(f.to_string()));
     };
-    Ok(match single_prim(&eval(arg, &[this.clone()], this)?) {
-        Some(Prim::Str(s)) | Some(Prim::Date(s)) => Some(s),
-        Some(Prim::Num(n)) => Some(n.to_string()),
-        _ => None,
-    })
+    Ok(
+        match single_prim(&eval(arg, std::slice::from_ref(this), this)?) {
+            Some(Prim::Str(s)) | Some(Prim::Date(s)) => Some(s),
+            Some(Prim::Num(n)) => Some(n.to_string()),
+            _ => None,
+        },
+    )
 }
 
 fn num_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<f64>> {
     let Some(arg) = args.get(i) else {
         return Err(EvalError::BadArguments(f.to_string()));
     };
-    Ok(match single_prim(&eval(arg, &[this.clone()], this)?) {
-        Some(Prim::Num(n)) => Some(n),
-        _ => None,
-    })
+    Ok(
+        match single_prim(&eval(arg, std::slice::from_ref(this), this)?) {
+            Some(Prim::Num(n)) => Some(n),
+            _ => None,
+        },
+    )
 }
 
 fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], this: &Item<'a>) -> R<Vec<Item<'a>>> {
@@ -498,6 +502,19 @@ fn compare(a: &Prim, b: &Prim) -> Option<std::cmp::Ordering> {
     }
 }
 
+/// Whether two values can be ordered: numbers, texts and dates among themselves, and a text
+/// that reads as a number with a number.
+fn comparable(a: &Prim, b: &Prim) -> bool {
+    match (a, b) {
+        (Prim::Num(_), Prim::Num(_)) => true,
+        (Prim::Str(_) | Prim::Date(_), Prim::Str(_) | Prim::Date(_)) => true,
+        (Prim::Str(s), Prim::Num(_)) | (Prim::Num(_), Prim::Str(s)) => {
+            s.trim().parse::<f64>().is_ok()
+        }
+        _ => false,
+    }
+}
+
 fn binary<'a>(op: BinOp, l: Vec<Item<'a>>, r: Vec<Item<'a>>) -> R<Vec<Item<'a>>> {
     use std::cmp::Ordering::*;
     let bool1 = |b: bool| Ok(vec![Item::Bool(b)]);
@@ -558,6 +575,10 @@ fn binary<'a>(op: BinOp, l: Vec<Item<'a>>, r: Vec<Item<'a>>) -> R<Vec<Item<'a>>>
                     _ => prim_eq(&a, &b),
                 }),
                 BinOp::Ne | BinOp::NotEquiv => bool1(!prim_eq(&a, &b)),
+                BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge if !comparable(&a, &b) => {
+                    // FHIRPath: ordering values of different types is an error, not "false".
+                    Err(EvalError::BadOperands("comparison"))
+                }
                 BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => match compare(&a, &b) {
                     None => Ok(vec![]),
                     Some(ord) => bool1(match op {
@@ -594,5 +615,35 @@ fn binary<'a>(op: BinOp, l: Vec<Item<'a>>, r: Vec<Item<'a>>) -> R<Vec<Item<'a>>>
                 _ => Ok(vec![]),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::parse;
+
+    fn run(expr: &str, value: &Value, ty: &str) -> R<bool> {
+        let this = Item::Node { value, ty };
+        eval(
+            &parse(expr).expect("expression"),
+            std::slice::from_ref(&this),
+            &this,
+        )
+        .map(|r| truthy(&r))
+    }
+
+    #[test]
+    fn ordering_values_of_different_types_is_an_error() {
+        let name = Value::from("Chalmers");
+        assert!(run("$this >= 0 and $this < 20", &name, "string").is_err());
+        assert!(run("$this < true", &Value::from(3), "integer").is_err());
+        // A text that reads as a number still compares with numbers; equality never errors.
+        assert_eq!(run("$this < 20", &Value::from("12"), "string"), Ok(true));
+        assert_eq!(run("$this = 0", &name, "string"), Ok(false));
+        assert_eq!(
+            run("$this >= 0 and $this < 20", &Value::from(5), "integer"),
+            Ok(true)
+        );
     }
 }

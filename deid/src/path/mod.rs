@@ -34,6 +34,9 @@ pub enum Step {
 pub struct Selector {
     steps: Vec<Step>,
     text: String,
+    /// `nodesByType('T')` matches nodes of exactly type `T` (the Microsoft anonymizer's lookup by
+    /// instance type) instead of `T` and its subtypes.
+    exact_types: bool,
 }
 
 /// Where a rule stands at one node: which steps are matched, which descendant searches are open.
@@ -102,7 +105,15 @@ impl Selector {
         Ok(Self {
             steps,
             text: text.to_string(),
+            exact_types: false,
         })
+    }
+
+    /// Makes `nodesByType('T')` match nodes of exactly type `T`, not its subtypes
+    /// (`nodesByType('integer')` then skips `positiveInt`), as the Microsoft anonymizer does.
+    pub fn with_exact_node_types(mut self) -> Self {
+        self.exact_types = true;
+        self
     }
 
     /// The path as written.
@@ -144,10 +155,10 @@ impl Selector {
         while bits != 0 {
             let s = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            if let Some(Step::Child(name)) = self.steps.get(s) {
-                if name == child.element {
-                    state.reached |= 1 << (s + 1);
-                }
+            if let Some(Step::Child(name)) = self.steps.get(s)
+                && name == child.element
+            {
+                state.reached |= 1 << (s + 1);
             }
         }
         let mut bits = state.searching;
@@ -157,6 +168,7 @@ impl Selector {
             if let Some(Step::Descendants(of)) = self.steps.get(s) {
                 let hit = match of {
                     None => true,
+                    Some(t) if self.exact_types => child.ty == t,
                     Some(t) => type_matches(child.ty, child.value, t),
                 };
                 if hit {
@@ -173,10 +185,8 @@ impl Selector {
         while s <= self.steps.len() {
             if state.reached & (1 << s) != 0 {
                 match self.steps.get(s) {
-                    Some(Step::OfType(t)) => {
-                        if type_matches(node.ty, node.value, t) {
-                            state.reached |= 1 << (s + 1);
-                        }
+                    Some(Step::OfType(t)) if type_matches(node.ty, node.value, t) => {
+                        state.reached |= 1 << (s + 1);
                     }
                     Some(Step::Filter(expr)) => {
                         let item = Item::Node {
@@ -310,6 +320,21 @@ mod tests {
         );
         let obs = json!({"resourceType": "Observation"});
         assert!(sel.start(node("", "Observation", &obs)).0.is_dead());
+    }
+
+    #[test]
+    fn exact_node_types_skip_subtypes() {
+        let v = json!(1);
+        let root_value = json!({});
+        for (exact, hit) in [(false, true), (true, false)] {
+            let mut sel = Selector::compile("nodesByType('integer')").unwrap();
+            if exact {
+                sel = sel.with_exact_node_types();
+            }
+            let (root, _) = sel.start(node("", "Patient", &root_value));
+            assert_eq!(sel.step(root, node("rank", "positiveInt", &v)).1, hit);
+            assert!(sel.step(root, node("n", "integer", &v)).1);
+        }
     }
 
     #[test]

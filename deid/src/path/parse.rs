@@ -345,18 +345,19 @@ impl Parser {
         let mut lhs = self.unary()?;
         loop {
             // `is` / `as` bind at precedence 7.
-            if let Tok::Ident(s) = self.peek() {
-                if (s == "is" || s == "as") && min_prec <= 7 {
-                    let is = s == "is";
-                    self.bump();
-                    let ty = self.type_name()?;
-                    lhs = if is {
-                        Expr::Is(Box::new(lhs), ty)
-                    } else {
-                        Expr::As(Box::new(lhs), ty)
-                    };
-                    continue;
-                }
+            if let Tok::Ident(s) = self.peek()
+                && (s == "is" || s == "as")
+                && min_prec <= 7
+            {
+                let is = s == "is";
+                self.bump();
+                let ty = self.type_name()?;
+                lhs = if is {
+                    Expr::Is(Box::new(lhs), ty)
+                } else {
+                    Expr::As(Box::new(lhs), ty)
+                };
+                continue;
             }
             let Some((op, prec)) = self.binop() else {
                 break;

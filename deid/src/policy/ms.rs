@@ -138,6 +138,38 @@ fn ordered_cases<'de, D: de::Deserializer<'de>>(
     d.deserialize_option(V)
 }
 
+/// The tool reads its configuration with Json.NET, which accepts trailing commas (`[1, 2,]`);
+/// they are blanked (replaced by a space, so error positions stay right) outside strings.
+fn blank_trailing_commas(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = text.as_bytes().to_vec();
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' => {
+                let next = bytes[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
+                if matches!(next, Some(b']' | b'}')) {
+                    out[i] = b' ';
+                }
+            }
+            _ => {}
+        }
+    }
+    // Only an ASCII comma was replaced by an ASCII space: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|_| text.to_string())
+}
+
 fn error(source_name: &str, message: impl Into<String>) -> PolicyError {
     PolicyError {
         source_name: source_name.to_string(),
@@ -149,7 +181,8 @@ fn error(source_name: &str, message: impl Into<String>) -> PolicyError {
 
 /// Parses and validates an anonymizer configuration.
 pub fn parse(text: &str, source_name: &str, name: &str) -> Result<Policy, PolicyError> {
-    let raw: RawConfig = serde_json::from_str(text).map_err(|e| PolicyError {
+    let lenient = blank_trailing_commas(text);
+    let raw: RawConfig = serde_json::from_str(&lenient).map_err(|e| PolicyError {
         source_name: source_name.to_string(),
         line: e.line(),
         column: e.column(),
@@ -196,7 +229,9 @@ pub fn parse(text: &str, source_name: &str, name: &str) -> Result<Policy, Policy
         let at = |m: String| error(source_name, format!("fhirPathRules[{i}]: {m}"));
         let path = r.path.as_deref().ok_or_else(|| at("no path".into()))?;
         let method = r.method.as_deref().ok_or_else(|| at("no method".into()))?;
-        let selector = Selector::compile(path).map_err(|e| at(format!("bad path: {e}")))?;
+        let selector = Selector::compile(path)
+            .map_err(|e| at(format!("bad path: {e}")))?
+            .with_exact_node_types();
         let method = match method.to_ascii_lowercase().as_str() {
             "keep" => Method::Keep,
             "redact" => Method::Redact,
