@@ -207,9 +207,17 @@ fn ingest(args: &IngestArgs) -> Result<()> {
         check_count("B", lines, generated.resources);
         serde.seconds.push(seconds);
 
-        let deid_report =
-            runtime.block_on(ingest_once(&data, scratch.path(), workers, safe_harbor_engine()?))?;
-        check_count("safe-harbor", deid_report.record.totals().read, generated.resources);
+        let deid_report = runtime.block_on(ingest_once(
+            &data,
+            scratch.path(),
+            workers,
+            safe_harbor_engine()?,
+        ))?;
+        check_count(
+            "safe-harbor",
+            deid_report.record.totals().read,
+            generated.resources,
+        );
         safe_harbor.seconds.push(deid_report.elapsed.as_secs_f64());
 
         let report = runtime.block_on(ingest_once(

@@ -80,6 +80,10 @@ pub struct PolicyEngine {
     scrubber: Option<Scrubber>,
     today: NaiveDate,
     counters: Counters,
+    /// Rules that start `nodesByType('T')` at any resource, by the node types that enter them
+    /// (sorted rule indices). Such a search is open at every node, so instead of carrying it from
+    /// parent to child for every rule, each node looks its type up here once.
+    type_triggers: fhir_types::FastMap<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,12 +192,25 @@ impl PolicyEngine {
     pub fn new(policy: Policy, key: DeidKey) -> Self {
         let uses_scrub = policy.defaults.free_text == Fallback::Scrub
             || policy.rules.iter().any(|r| r.method == Method::Scrub);
+        let mut type_triggers: fhir_types::FastMap<Vec<usize>> = Default::default();
+        let null = Value::Null;
+        for (i, rule) in policy.rules.iter().enumerate() {
+            if !rule.selector.global_type_search() {
+                continue;
+            }
+            for ty in fhir_types::all_types() {
+                if rule.selector.global_type_accepts(ty, &null) {
+                    type_triggers.entry(ty).or_default().push(i);
+                }
+            }
+        }
         Self {
             scrubber: uses_scrub.then(Scrubber::new),
             policy,
             key,
             today: chrono::Utc::now().date_naive(),
             counters: Counters::default(),
+            type_triggers,
         }
     }
 
@@ -446,6 +463,7 @@ impl<'e> Walk<'e> {
                 if matched && first.is_none() {
                     first = Some(i);
                 }
+                let state = rule.selector.without_global_search(state);
                 if !state.is_dead() {
                     states.push((i, state));
                 }
@@ -563,11 +581,12 @@ impl<'e> Walk<'e> {
         let mut touched = false;
         let explaining = self.explain.is_some();
         let ms = self.engine.policy.ms.is_some();
+        let children = fhir_types::Children::of(ty);
         for (key, value) in map.iter_mut() {
             if key == "resourceType" {
                 continue;
             }
-            let child = fhir_types::child(ty, key);
+            let child = children.get(key);
             let (element, child_ty): (&str, &str) = match child {
                 Some(c) => (c.element, c.type_code),
                 None => (key.as_str(), ""),
@@ -578,7 +597,7 @@ impl<'e> Walk<'e> {
             // type (`nodesByType('date')` covers the extensions of a date too).
             let match_ty: &str = if ms && ext_part {
                 key.get(1..)
-                    .and_then(|k| fhir_types::child(ty, k))
+                    .and_then(|k| children.get(k))
                     .map_or(child_ty, |c| c.type_code)
             } else {
                 child_ty
@@ -699,6 +718,9 @@ impl<'e> Walk<'e> {
             ext_part,
         } = slot;
         let rules = self.rules();
+        // Only containers need their rule states (for their children); most nodes are leaves,
+        // which need just the first match, so they allocate nothing.
+        let is_container = value.is_object() || value.is_array();
         let mut states = Vec::new();
         let mut first = None;
         let is_resource = ty == "Resource";
@@ -716,16 +738,48 @@ impl<'e> Walk<'e> {
                 ty: node_ty,
                 value,
             };
-            for &(i, state) in parent_states {
+            let triggers: &[usize] = self
+                .engine
+                .type_triggers
+                .get(node_ty)
+                .map_or(&[], Vec::as_slice);
+            // Merge the carried states and the rules this node's type enters, in rule order.
+            let (mut p, mut t) = (0, 0);
+            loop {
+                let next_carried = parent_states.get(p).map(|(i, _)| *i);
+                let next_trigger = triggers.get(t).copied();
+                let i = match (next_carried, next_trigger) {
+                    (None, None) => break,
+                    (Some(a), Some(b)) => a.min(b),
+                    (Some(a), None) => a,
+                    (None, Some(b)) => b,
+                };
                 if governing.is_some_and(|g| i >= g) {
                     break;
                 }
-                let (next, matched) = rules[i].selector.step(state, info);
+                let selector = &rules[i].selector;
+                let mut state = MatchState::default();
+                let mut matched = false;
+                if next_carried == Some(i) {
+                    let (next, m) = selector.step(parent_states[p].1, info);
+                    state = next;
+                    matched |= m;
+                    p += 1;
+                }
+                if next_trigger == Some(i) {
+                    let (entered, m) = selector.enter_typed(info);
+                    state = crate::path::Selector::merge(state, entered);
+                    matched |= m;
+                    t += 1;
+                }
                 if matched && first.is_none() {
                     first = Some(i);
+                    if !is_container {
+                        break;
+                    }
                 }
-                if !next.is_dead() {
-                    states.push((i, next));
+                if is_container && !state.is_dead() {
+                    states.push((i, state));
                 }
             }
         }

@@ -57,7 +57,7 @@ const R4_TSV: &str = include_str!("r4.tsv");
 
 /// One type of the table.
 #[derive(Debug)]
-struct TypeInfo {
+pub struct TypeInfo {
     kind: TypeKind,
     /// The type it derives from; `None` for the roots `Element` and `Resource`.
     base: Option<&'static str>,
@@ -70,7 +70,7 @@ struct TypeInfo {
 
 /// FNV-1a: the keys are short, fixed FHIR names; SipHash's DoS resistance buys nothing here.
 #[derive(Debug, Clone, Copy)]
-struct Fnv1a(u64);
+pub(crate) struct Fnv1a(u64);
 
 impl Default for Fnv1a {
     fn default() -> Self {
@@ -90,7 +90,7 @@ impl Hasher for Fnv1a {
     }
 }
 
-type FastMap<V> = HashMap<&'static str, V, BuildHasherDefault<Fnv1a>>;
+pub(crate) type FastMap<V> = HashMap<&'static str, V, BuildHasherDefault<Fnv1a>>;
 
 static TABLE: LazyLock<FastMap<TypeInfo>> = LazyLock::new(|| parse(R4_TSV));
 
@@ -162,6 +162,31 @@ pub fn child(parent_type: &str, json_key: &str) -> Option<Child> {
         type_code: "Element",
         ..*primitive
     })
+}
+
+/// The children of one type, looked up once: for walking all keys of an object without a type
+/// lookup per key.
+#[derive(Debug, Clone, Copy)]
+pub struct Children(Option<&'static TypeInfo>);
+
+impl Children {
+    /// The children of `parent_type` (none if the type is unknown).
+    pub fn of(parent_type: &str) -> Self {
+        Self(TABLE.get(parent_type))
+    }
+
+    /// Same as [`child`] for this parent type.
+    pub fn get(&self, json_key: &str) -> Option<Child> {
+        let info = self.0?;
+        if let Some(c) = info.by_key.get(json_key) {
+            return Some(*c);
+        }
+        let primitive = info.by_key.get(json_key.strip_prefix('_')?)?;
+        is_primitive(primitive.type_code).then_some(Child {
+            type_code: "Element",
+            ..*primitive
+        })
+    }
 }
 
 /// The children of a type, as (JSON key, child) in FHIR definition order, choice elements
@@ -236,6 +261,22 @@ pub fn type_kind(type_code: &str) -> Option<TypeKind> {
 /// `Element` and `Resource` and for unknown types.
 pub fn base_type(type_code: &str) -> Option<&'static str> {
     TABLE.get(type_code)?.base
+}
+
+/// Every type code of the table (resource types, datatypes, primitives, backbone paths).
+pub fn all_types() -> impl Iterator<Item = &'static str> {
+    TABLE.keys().copied()
+}
+
+/// Every known type that is `of` or derives from it (see [`is_subtype`]), sorted.
+pub fn types_matching(of: &str) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = TABLE
+        .keys()
+        .copied()
+        .filter(|name| is_subtype(name, of))
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// True when `type_code` is `of` or derives from it, as FHIRPath `is`/`as`/`ofType` need:

@@ -34,9 +34,67 @@ pub enum Step {
 pub struct Selector {
     steps: Vec<Step>,
     text: String,
-    /// `nodesByType('T')` matches nodes of exactly type `T` (the Microsoft anonymizer's lookup by
-    /// instance type) instead of `T` and its subtypes.
-    exact_types: bool,
+    /// Per step: for `Descendants(Some(T))`, the type codes that match (exactly `T` for the
+    /// Microsoft anonymizer's lookup by instance type, else `T` and its subtypes), computed once, so the
+    /// per-node test is a few short string compares instead of a walk up the type hierarchy.
+    type_sets: Vec<Option<TypeSet>>,
+}
+
+/// The type codes a `nodesByType('T')` step accepts.
+#[derive(Debug, Clone)]
+struct TypeSet {
+    names: Box<[&'static str]>,
+    /// `T` is `Resource` / `DomainResource`: any resource node matches (decided on the value).
+    resources: Option<String>,
+    /// `T` is not a known type: compare by name only.
+    fallback: Option<String>,
+}
+
+impl TypeSet {
+    fn new(of: &str, exact: bool) -> Self {
+        if matches!(of, "Resource" | "DomainResource") {
+            return Self {
+                names: Box::new([]),
+                resources: Some(of.to_string()),
+                fallback: None,
+            };
+        }
+        let names: Vec<&'static str> = if exact {
+            crate::fhir_types::types_matching(of)
+                .into_iter()
+                .filter(|t| *t == of)
+                .collect()
+        } else {
+            crate::fhir_types::types_matching(of)
+        };
+        Self {
+            fallback: names.is_empty().then(|| of.to_string()),
+            names: names.into_boxed_slice(),
+            resources: None,
+        }
+    }
+
+    fn contains(&self, ty: &str, value: &Value) -> bool {
+        if let Some(of) = &self.resources {
+            return type_matches(ty, value, of);
+        }
+        if let Some(of) = &self.fallback {
+            return ty == of;
+        }
+        self.names
+            .iter()
+            .any(|t| t.len() == ty.len() && (std::ptr::eq(t.as_ptr(), ty.as_ptr()) || *t == ty))
+    }
+}
+
+fn type_sets(steps: &[Step], exact: bool) -> Vec<Option<TypeSet>> {
+    steps
+        .iter()
+        .map(|step| match step {
+            Step::Descendants(Some(t)) => Some(TypeSet::new(t, exact)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Where a rule stands at one node: which steps are matched, which descendant searches are open.
@@ -103,16 +161,16 @@ impl Selector {
             });
         }
         Ok(Self {
+            type_sets: type_sets(&steps, false),
             steps,
             text: text.to_string(),
-            exact_types: false,
         })
     }
 
     /// Makes `nodesByType('T')` match nodes of exactly type `T`, not its subtypes
     /// (`nodesByType('integer')` then skips `positiveInt`), as the Microsoft anonymizer does.
     pub fn with_exact_node_types(mut self) -> Self {
-        self.exact_types = true;
+        self.type_sets = type_sets(&self.steps, true);
         self
     }
 
@@ -139,7 +197,13 @@ impl Selector {
         let mut state = MatchState::default();
         match &self.steps[0] {
             Step::Root(None) => state.reached = 1 << 1,
-            Step::Root(Some(t)) if type_matches(root.ty, root.value, t) => state.reached = 1 << 1,
+            Step::Root(Some(t))
+                if root.ty == t
+                    || (!crate::fhir_types::is_resource_type(t)
+                        && type_matches(root.ty, root.value, t)) =>
+            {
+                state.reached = 1 << 1
+            }
             _ => return (state, false),
         }
         self.close(&mut state, root)
@@ -166,10 +230,10 @@ impl Selector {
             let s = bits.trailing_zeros() as usize;
             bits &= bits - 1;
             if let Some(Step::Descendants(of)) = self.steps.get(s) {
-                let hit = match of {
-                    None => true,
-                    Some(t) if self.exact_types => child.ty == t,
-                    Some(t) => type_matches(child.ty, child.value, t),
+                let hit = match (of, self.type_sets.get(s)) {
+                    (None, _) => true,
+                    (Some(_), Some(Some(set))) => set.contains(child.ty, child.value),
+                    (Some(t), _) => type_matches(child.ty, child.value, t),
                 };
                 if hit {
                     state.reached |= 1 << (s + 1);
@@ -181,33 +245,76 @@ impl Selector {
 
     /// Applies the steps that stay on the same node (type tests, filters, opening searches).
     fn close(&self, state: &mut MatchState, node: NodeInfo<'_>) -> (MatchState, bool) {
-        let mut s = 0;
-        while s <= self.steps.len() {
-            if state.reached & (1 << s) != 0 {
-                match self.steps.get(s) {
-                    Some(Step::OfType(t)) if type_matches(node.ty, node.value, t) => {
-                        state.reached |= 1 << (s + 1);
-                    }
-                    Some(Step::Filter(expr)) => {
-                        let item = Item::Node {
-                            value: node.value,
-                            ty: node.ty,
-                        };
-                        // An expression error is "no match": filters never abort a run.
-                        if eval::eval(expr, std::slice::from_ref(&item), &item)
-                            .is_ok_and(|r| truthy(&r))
-                        {
-                            state.reached |= 1 << (s + 1);
-                        }
-                    }
-                    Some(Step::Descendants(_)) => state.searching |= 1 << s,
-                    _ => {}
+        // Visit only the reached steps, in order; a step may reach the next one.
+        let mut pending = state.reached;
+        while pending != 0 {
+            let s = pending.trailing_zeros() as usize;
+            pending &= pending - 1;
+            let advance = match self.steps.get(s) {
+                Some(Step::OfType(t)) => type_matches(node.ty, node.value, t),
+                Some(Step::Filter(expr)) => {
+                    let item = Item::Node {
+                        value: node.value,
+                        ty: node.ty,
+                    };
+                    // An expression error is "no match": filters never abort a run.
+                    eval::eval(expr, std::slice::from_ref(&item), &item).is_ok_and(|r| truthy(&r))
                 }
+                Some(Step::Descendants(_)) => {
+                    state.searching |= 1 << s;
+                    false
+                }
+                _ => false,
+            };
+            if advance && state.reached & (1 << (s + 1)) == 0 {
+                state.reached |= 1 << (s + 1);
+                pending |= 1 << (s + 1);
             }
-            s += 1;
         }
         let matched = state.reached & (1 << self.steps.len()) != 0;
         (*state, matched)
+    }
+
+    /// For paths that start `nodesByType('T')` at any resource (`[Root(None), Descendants(T), ...]`):
+    /// the search is open at every node below the root, so the engine does not carry it from node
+    /// to node; it looks the node's type up in an index instead and enters the path here
+    /// ([`Selector::enter_typed`]).
+    pub fn global_type_search(&self) -> bool {
+        matches!(
+            self.steps.as_slice(),
+            [Step::Root(None), Step::Descendants(Some(_)), ..]
+        ) && matches!(self.type_sets.get(1), Some(Some(set)) if set.resources.is_none())
+    }
+
+    /// Does the global `nodesByType` search accept a node of this type? (See
+    /// [`Selector::global_type_search`].)
+    pub fn global_type_accepts(&self, ty: &str, value: &Value) -> bool {
+        matches!(self.type_sets.get(1), Some(Some(set)) if set.contains(ty, value))
+    }
+
+    /// State at a node whose type the global `nodesByType` step accepted.
+    pub fn enter_typed(&self, node: NodeInfo<'_>) -> (MatchState, bool) {
+        let mut state = MatchState {
+            reached: 1 << 2,
+            searching: 0,
+        };
+        self.close(&mut state, node)
+    }
+
+    /// Removes the global search from a state (the engine handles it through its index).
+    pub fn without_global_search(&self, mut state: MatchState) -> MatchState {
+        if self.global_type_search() {
+            state.searching &= !(1 << 1);
+        }
+        state
+    }
+
+    /// Merges two states of the same rule at the same node.
+    pub fn merge(a: MatchState, b: MatchState) -> MatchState {
+        MatchState {
+            reached: a.reached | b.reached,
+            searching: a.searching | b.searching,
+        }
     }
 }
 
