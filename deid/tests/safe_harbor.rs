@@ -1783,7 +1783,6 @@ fn a_date_time_with_trailing_text_does_not_survive() {
 }
 
 #[test]
-#[ignore = "engine limitation: free_text = \"scrub\" keeps city names in free text"]
 fn scrubbed_free_text_loses_the_city() {
     let text = fhirlake_deid::policy::builtin_text("safe-harbor")
         .unwrap()

@@ -299,6 +299,20 @@ fn state_alternation() -> String {
     format!("(?:{CODES}|{NAMES})")
 }
 
+/// Full US state names only (a city before them is a city; two-letter codes alone are too
+/// ambiguous in clinical text: `IN`, `OR`, `ME`, `OK`).
+fn state_name_alternation() -> String {
+    let all = state_alternation();
+    let names = all
+        .trim_start_matches("(?:")
+        .trim_end_matches(')')
+        .split('|')
+        .filter(|s| s.len() > 2)
+        .collect::<Vec<_>>()
+        .join("|");
+    format!("(?:{names})")
+}
+
 /// A capitalised name word, Unicode aware, with an inner apostrophe (`O'Brien`, `D'Amore`), one
 /// hyphenated part (`Smith-Jones`) and Synthea's trailing digits (`Harvey63`).
 const NAME_WORD: &str =
@@ -624,6 +638,19 @@ impl Scrubber {
 
         // Names without a list. These teach their words to the name matcher.
         let mut name_detectors = Vec::new();
+        // A city before a full state name (`in Boston, Massachusetts since 2019`): the city is a
+        // geographic subdivision smaller than a state; the state itself may stay. Runs with the
+        // name detectors, since it needs only capitals.
+        name_detectors.push(Detector {
+            re: compile(&format!(
+                r"(\p{{Lu}}[\p{{L}}\p{{M}}.'’-]*(?:[ \t]+\p{{Lu}}[\p{{L}}\p{{M}}.'’-]*){{0,2}}),[ \t]*{}\b",
+                state_name_alternation()
+            )),
+            groups: &[(1, Address)],
+            needs: UPPER,
+            check: Check::None,
+            learn: false,
+        });
         let mut learn = |pattern: &str, groups: &'static [(usize, Kind)], check: Check| {
             name_detectors.push(Detector {
                 re: compile(pattern),
@@ -1342,6 +1369,14 @@ mod tests {
         assert_eq!(scrub("8929 PARALLEL PARKWAY"), "[ADDRESS]");
         assert_eq!(scrub("1045 Schmitt Spur"), "[ADDRESS]");
         assert_eq!(scrub("PO Box 1234"), "[ADDRESS]");
+        assert_eq!(
+            scrub("Lives alone in Boston, Massachusetts since 2019."),
+            "Lives alone in [ADDRESS], Massachusetts since 2019."
+        );
+        assert_eq!(
+            scrub("Moved from Springfield, Illinois."),
+            "Moved from [ADDRESS], Illinois."
+        );
         assert_eq!(
             scrub("123 Main St, Boston, MA 02139"),
             "[ADDRESS], [ADDRESS], MA [ZIP]"
