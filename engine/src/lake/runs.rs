@@ -225,6 +225,8 @@ pub async fn record_run(lake: &Lake, record: &RunRecord) -> Result<i64> {
     let table = table
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
+        // Lakes from before a column was added gain it here instead of failing the run.
+        .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
         .await
         .map_err(|e| Error::delta(&id, e))?;
     Ok(table.version().unwrap_or_default() as i64)

@@ -70,11 +70,13 @@ pub static RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("policy_hash", DataType::Utf8, false),
         Field::new("key_id", DataType::Utf8, false),
         Field::new("deidentified", DataType::Boolean, false),
-        Field::new("rule_hits", list_of(rule_hit_fields()), false),
-        Field::new("free_text_removed", DataType::Int64, false),
-        Field::new("unknown_elements_removed", DataType::Int64, false),
-        Field::new("dropped_extensions", DataType::Int64, false),
-        Field::new("dropped_resources", DataType::Int64, false),
+        // Added with the policy engine; nullable so that lakes written before it gain them by
+        // schema merge on their next run (older rows read as null).
+        Field::new("rule_hits", list_of(rule_hit_fields()), true),
+        Field::new("free_text_removed", DataType::Int64, true),
+        Field::new("unknown_elements_removed", DataType::Int64, true),
+        Field::new("dropped_extensions", DataType::Int64, true),
+        Field::new("dropped_resources", DataType::Int64, true),
         Field::new("read", DataType::Int64, false),
         Field::new("written", DataType::Int64, false),
         Field::new("updated", DataType::Int64, false),
