@@ -38,6 +38,8 @@ pub struct Selector {
     /// Microsoft anonymizer's lookup by instance type, else `T` and its subtypes), computed once, so the
     /// per-node test is a few short string compares instead of a walk up the type hierarchy.
     type_sets: Vec<Option<TypeSet>>,
+    /// The root step names a concrete resource type (which only matches itself).
+    root_is_concrete: bool,
 }
 
 /// The type codes a `nodesByType('T')` step accepts.
@@ -161,6 +163,7 @@ impl Selector {
             });
         }
         Ok(Self {
+            root_is_concrete: matches!(steps.first(), Some(Step::Root(Some(t))) if crate::fhir_types::is_resource_type(t)),
             type_sets: type_sets(&steps, false),
             steps,
             text: text.to_string(),
@@ -197,10 +200,11 @@ impl Selector {
         let mut state = MatchState::default();
         match &self.steps[0] {
             Step::Root(None) => state.reached = 1 << 1,
+            Step::Root(Some(t)) if root.ty == t => state.reached = 1 << 1,
+            // A concrete resource type only matches itself; abstract and datatype roots go
+            // through the hierarchy.
             Step::Root(Some(t))
-                if root.ty == t
-                    || (!crate::fhir_types::is_resource_type(t)
-                        && type_matches(root.ty, root.value, t)) =>
+                if !self.root_is_concrete && type_matches(root.ty, root.value, t) =>
             {
                 state.reached = 1 << 1
             }
