@@ -721,7 +721,7 @@ impl<'e> Walk<'e> {
         // Only containers need their rule states (for their children); most nodes are leaves,
         // which need just the first match, so they allocate nothing.
         let is_container = value.is_object() || value.is_array();
-        let mut states = Vec::new();
+        let mut states = Vec::with_capacity(if is_container { 8 } else { 0 });
         let mut first = None;
         let is_resource = ty == "Resource";
         {

@@ -56,22 +56,22 @@ pub fn rewrite_reference(key: &DeidKey, reference: &str) -> String {
     if let Some((resource_type, query)) = reference.split_once('?') {
         return format!("{resource_type}?{}", rewrite_query(key, query));
     }
-    let segments: Vec<&str> = reference.split('/').collect();
-    // `[base/]Type/id[/_history/vid]`: find the last Type/id pair.
-    let history = segments.len() >= 4 && segments[segments.len() - 2] == "_history";
-    let end = if history {
-        segments.len() - 2
-    } else {
-        segments.len()
+    // `[base/]Type/id[/_history/vid]`: the last Type/id pair (no allocation but the result).
+    let (body, history) = match reference.rfind("/_history/") {
+        Some(i) if i > 0 && !reference[i + 10..].contains('/') => {
+            (&reference[..i], &reference[i..])
+        }
+        _ => (reference, ""),
     };
-    if end >= 2 {
-        let (ty, id) = (segments[end - 2], segments[end - 1]);
-        if fhirlake_is_resource_type(ty) && !id.is_empty() {
-            let mut out = format!("{ty}/{}", pseudo_id(key, ty, id));
-            if history {
-                out.push_str("/_history/");
-                out.push_str(segments[segments.len() - 1]);
-            }
+    if let Some((before, id)) = body.rsplit_once('/') {
+        let ty = before.rsplit('/').next().unwrap_or(before);
+        if !id.is_empty() && fhirlake_is_resource_type(ty) {
+            let hash = keyed(key.pseudonym_key(), &[ty, id]).to_hex();
+            let mut out = String::with_capacity(ty.len() + 1 + PSEUDONYM_HEX + history.len());
+            out.push_str(ty);
+            out.push('/');
+            out.push_str(&hash[..PSEUDONYM_HEX]);
+            out.push_str(history);
             return out;
         }
     }
