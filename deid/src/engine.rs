@@ -84,6 +84,12 @@ pub struct PolicyEngine {
     /// (sorted rule indices). Such a search is open at every node, so instead of carrying it from
     /// parent to child for every rule, each node looks its type up here once.
     type_triggers: fhir_types::FastMap<Vec<usize>>,
+    /// Rules that can start at a resource of a type: those rooted at that type plus those rooted
+    /// at any resource or an abstract/datatype root (sorted rule indices). Saves trying every
+    /// rule's root on every resource.
+    root_rules: fhir_types::FastMap<Vec<usize>>,
+    /// Rules for resource types not in `root_rules` (unknown types): all of them.
+    all_rules: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +130,8 @@ struct Walk<'e> {
     ms_ops: u8,
     /// Depth of `substitute` subtrees being walked (array placeholders are kept inside them).
     in_subst: u32,
+    /// Spare rule-state vectors, reused from node to node instead of allocated per container.
+    pool: Vec<Vec<(usize, MatchState)>>,
 }
 
 /// Operations the anonymizer reports in `meta.security`, in the order it adds the labels.
@@ -204,6 +212,21 @@ impl PolicyEngine {
                 }
             }
         }
+        let mut root_rules: fhir_types::FastMap<Vec<usize>> = Default::default();
+        for ty in fhir_types::all_types().filter(|t| fhir_types::is_resource_type(t)) {
+            let list = policy
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, rule)| match rule.selector.resource_type() {
+                    Some(root) if fhir_types::is_resource_type(root) => root == ty,
+                    _ => true,
+                })
+                .map(|(i, _)| i)
+                .collect();
+            root_rules.insert(ty, list);
+        }
+        let all_rules = (0..policy.rules.len()).collect();
         Self {
             scrubber: uses_scrub.then(Scrubber::new),
             policy,
@@ -211,6 +234,8 @@ impl PolicyEngine {
             today: chrono::Utc::now().date_naive(),
             counters: Counters::default(),
             type_triggers,
+            root_rules,
+            all_rules,
         }
     }
 
@@ -311,6 +336,7 @@ impl<'e> Walk<'e> {
             path: Vec::new(),
             ms_ops: 0,
             in_subst: 0,
+            pool: Vec::new(),
         }
     }
 
@@ -447,7 +473,7 @@ impl<'e> Walk<'e> {
                 }
             }
         };
-        let mut states = Vec::new();
+        let mut states = self.pool.pop().unwrap_or_default();
         let mut first = None;
         {
             let root = NodeInfo {
@@ -455,10 +481,15 @@ impl<'e> Walk<'e> {
                 ty: &rt,
                 value: res,
             };
-            for (i, rule) in self.rules().iter().enumerate() {
+            let candidates = engine
+                .root_rules
+                .get(rt.as_str())
+                .unwrap_or(&engine.all_rules);
+            for &i in candidates {
                 if governing.is_some_and(|g| i >= g) {
                     break;
                 }
+                let rule = &self.rules()[i];
                 let (state, matched) = rule.selector.start(root);
                 if matched && first.is_none() {
                     first = Some(i);
@@ -477,6 +508,8 @@ impl<'e> Walk<'e> {
         // A resource inside a substituted node is a resource of its own.
         let outer_subst = std::mem::take(&mut self.in_subst);
         let (mut outcome, _) = self.object(map, &rt, &states, gov, &mut ctx);
+        states.clear();
+        self.pool.push(states);
         self.in_subst = outer_subst;
         let mine = self.ms_ops;
         self.ms_ops = outer_ops | mine;
@@ -721,7 +754,11 @@ impl<'e> Walk<'e> {
         // Only containers need their rule states (for their children); most nodes are leaves,
         // which need just the first match, so they allocate nothing.
         let is_container = value.is_object() || value.is_array();
-        let mut states = Vec::with_capacity(if is_container { 8 } else { 0 });
+        let mut states = if is_container {
+            self.pool.pop().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut first = None;
         let is_resource = ty == "Resource";
         {
@@ -855,6 +892,8 @@ impl<'e> Walk<'e> {
                     self.in_subst += 1;
                 }
                 let (outcome, inner_touched) = self.object(map, ty, &states, gov, ctx);
+                states.clear();
+                self.pool.push(std::mem::take(&mut states));
                 if let Some((i, replacement)) = substitute {
                     self.in_subst -= 1;
                     // What is left of the node is what earlier rules handled inside it (the rest
@@ -1449,7 +1488,17 @@ impl Deidentifier for PolicyEngine {
     }
 
     fn deidentify(&self, resource: &mut Value) -> Result<Disposition> {
-        Walk::new(self, false).run(resource)
+        thread_local! {
+            /// Rule-state vectors kept between resources on this worker thread.
+            static POOL: std::cell::RefCell<Vec<Vec<(usize, MatchState)>>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut walk = Walk::new(self, false);
+        walk.pool = POOL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        let result = walk.run(resource);
+        let pool = std::mem::take(&mut walk.pool);
+        POOL.with(|p| *p.borrow_mut() = pool);
+        result
     }
 
     fn lake_id(&self, resource_type: &str, id: &str) -> String {

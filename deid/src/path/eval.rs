@@ -133,6 +133,21 @@ pub fn members<'a>(value: &'a Value, ty: &'a str, name: &str, out: &mut Vec<Item
     let Value::Object(map) = value else {
         return;
     };
+    // A plain (non-choice) element is its own JSON key: one lookup instead of a scan.
+    if let Some(child) = fhir_types::child(ty, name).filter(|c| !c.is_choice && c.element == name) {
+        if let Some(child_value) = map.get(name) {
+            let child_ty: &'a str = if child.type_code == "Resource" {
+                child_value
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Resource")
+            } else {
+                child.type_code
+            };
+            push_flat(child_value, child_ty, out);
+        }
+        return;
+    }
     for (key, child_value) in map {
         let child_ty: &'a str = match fhir_types::child(ty, key) {
             Some(child) if child.element == name => {

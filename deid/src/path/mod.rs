@@ -244,6 +244,10 @@ impl Selector {
                 }
             }
         }
+        if state.reached == 0 {
+            // Nothing reached at this node: only the open searches carry on.
+            return (state, false);
+        }
         self.close(&mut state, child)
     }
 
@@ -256,14 +260,7 @@ impl Selector {
             pending &= pending - 1;
             let advance = match self.steps.get(s) {
                 Some(Step::OfType(t)) => type_matches(node.ty, node.value, t),
-                Some(Step::Filter(expr)) => {
-                    let item = Item::Node {
-                        value: node.value,
-                        ty: node.ty,
-                    };
-                    // An expression error is "no match": filters never abort a run.
-                    eval::eval(expr, std::slice::from_ref(&item), &item).is_ok_and(|r| truthy(&r))
-                }
+                Some(Step::Filter(expr)) => filter_holds(expr, node),
                 Some(Step::Descendants(_)) => {
                     state.searching |= 1 << s;
                     false
@@ -320,6 +317,17 @@ impl Selector {
             searching: a.searching | b.searching,
         }
     }
+}
+
+/// Evaluates a `where(...)` condition on a node. Kept out of line so that the selector's hot
+/// loop stays small. An expression error is "no match": filters never abort a run.
+#[inline(never)]
+fn filter_holds(expr: &Expr, node: NodeInfo<'_>) -> bool {
+    let item = Item::Node {
+        value: node.value,
+        ty: node.ty,
+    };
+    eval::eval(expr, std::slice::from_ref(&item), &item).is_ok_and(|r| truthy(&r))
 }
 
 fn compile_into(expr: &Expr, steps: &mut Vec<Step>) -> Result<(), String> {
