@@ -153,15 +153,7 @@ fn parse(text: &'static str) -> FastMap<TypeInfo> {
 /// element name, array-ness and choice-ness of the primitive it extends. `None` for unknown keys
 /// and types (and for `resourceType`, which is not an element).
 pub fn child(parent_type: &str, json_key: &str) -> Option<Child> {
-    let info = TABLE.get(parent_type)?;
-    if let Some(c) = info.by_key.get(json_key) {
-        return Some(*c);
-    }
-    let primitive = info.by_key.get(json_key.strip_prefix('_')?)?;
-    is_primitive(primitive.type_code).then_some(Child {
-        type_code: "Element",
-        ..*primitive
-    })
+    Children::of(parent_type).get(json_key)
 }
 
 /// The children of one type, looked up once: for walking all keys of an object without a type

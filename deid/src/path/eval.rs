@@ -318,29 +318,27 @@ pub fn truthy(items: &[Item<'_>]) -> bool {
     }
 }
 
-fn string_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<String>> {
+/// Argument `i` of function `f`, evaluated on `$this`, as a single primitive (`None` otherwise).
+fn prim_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<Prim>> {
     let Some(arg) = args.get(i) else {
         return Err(EvalError::BadArguments(f.to_string()));
     };
-    Ok(
-        match single_prim(&eval(arg, std::slice::from_ref(this), this)?) {
-            Some(Prim::Str(s)) | Some(Prim::Date(s)) => Some(s),
-            Some(Prim::Num(n)) => Some(n.to_string()),
-            _ => None,
-        },
-    )
+    Ok(single_prim(&eval(arg, std::slice::from_ref(this), this)?))
+}
+
+fn string_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<String>> {
+    Ok(match prim_arg(args, i, this, f)? {
+        Some(Prim::Str(s)) | Some(Prim::Date(s)) => Some(s),
+        Some(Prim::Num(n)) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 fn num_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<f64>> {
-    let Some(arg) = args.get(i) else {
-        return Err(EvalError::BadArguments(f.to_string()));
-    };
-    Ok(
-        match single_prim(&eval(arg, std::slice::from_ref(this), this)?) {
-            Some(Prim::Num(n)) => Some(n),
-            _ => None,
-        },
-    )
+    Ok(match prim_arg(args, i, this, f)? {
+        Some(Prim::Num(n)) => Some(n),
+        _ => None,
+    })
 }
 
 fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], this: &Item<'a>) -> R<Vec<Item<'a>>> {
