@@ -305,7 +305,11 @@ impl Selector {
     /// Removes the global search from a state (the engine handles it through its index).
     pub fn without_global_search(&self, mut state: MatchState) -> MatchState {
         if self.global_type_search() {
+            // The reached bit of the `nodesByType` step only opened the search (it is no `Child`
+            // step for children to advance from); left set, it would keep a state that can never
+            // match alive, and every child of every resource root would step it for nothing.
             state.searching &= !(1 << 1);
+            state.reached &= !(1 << 1);
         }
         state
     }
