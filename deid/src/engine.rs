@@ -14,9 +14,10 @@ use chrono::NaiveDate;
 use serde_json::{Map, Value};
 
 use crate::fhir_types;
+use crate::fhir_types::{ElementId, TypeId};
 use crate::key::DeidKey;
 use crate::methods::{self, crypt, dates, pseudonym, scrub::Scrubber};
-use crate::path::{Item, MatchState, NodeInfo, eval};
+use crate::path::{Item, MatchState, Node, NodeInfo, eval};
 use crate::policy::{Fallback, Generalize, METHOD_NAMES, Method, Policy, ms::ProcessingErrors};
 use crate::risk::AGE_BAND_EXTENSION_URL;
 use crate::{Deidentifier, Disposition, Error, Result};
@@ -81,14 +82,17 @@ pub struct PolicyEngine {
     today: NaiveDate,
     counters: Counters,
     /// Rules that start `nodesByType('T')` at any resource, by the node types that enter them
-    /// (sorted rule indices). Such a search is open at every node, so instead of carrying it from
-    /// parent to child for every rule, each node looks its type up here once.
-    type_triggers: fhir_types::FastMap<Vec<usize>>,
+    /// (sorted rule indices), indexed by [`TypeId::index`]. Such a search is open at every node,
+    /// so instead of carrying it from parent to child for every rule, each node looks its type up
+    /// here once.
+    type_triggers: Vec<Vec<usize>>,
     /// Rules that can start at a resource of a type: those rooted at that type plus those rooted
     /// at any resource or an abstract/datatype root (sorted rule indices). Saves trying every
-    /// rule's root on every resource.
+    /// rule's root on every resource. Global `nodesByType` rules are not in it: they never match
+    /// a root itself and enter below it through `type_triggers`.
     root_rules: fhir_types::FastMap<Vec<usize>>,
-    /// Rules for resource types not in `root_rules` (unknown types): all of them.
+    /// Rules for resource types not in `root_rules` (unknown types): all but the global
+    /// `nodesByType` ones.
     all_rules: Vec<usize>,
 }
 
@@ -200,15 +204,19 @@ impl PolicyEngine {
     pub fn new(policy: Policy, key: DeidKey) -> Self {
         let uses_scrub = policy.defaults.free_text == Fallback::Scrub
             || policy.rules.iter().any(|r| r.method == Method::Scrub);
-        let mut type_triggers: fhir_types::FastMap<Vec<usize>> = Default::default();
+        let mut type_triggers: Vec<Vec<usize>> = vec![Vec::new(); fhir_types::type_count()];
         let null = Value::Null;
         for (i, rule) in policy.rules.iter().enumerate() {
             if !rule.selector.global_type_search() {
                 continue;
             }
             for ty in fhir_types::all_types() {
-                if rule.selector.global_type_accepts(ty, &null) {
-                    type_triggers.entry(ty).or_default().push(i);
+                if rule.selector.global_type_accepts(ty, &null)
+                    && let Some(list) = fhir_types::type_id(ty)
+                        .index()
+                        .and_then(|t| type_triggers.get_mut(t))
+                {
+                    list.push(i);
                 }
             }
         }
@@ -218,6 +226,7 @@ impl PolicyEngine {
                 .rules
                 .iter()
                 .enumerate()
+                .filter(|(_, rule)| !rule.selector.global_type_search())
                 .filter(|(_, rule)| match rule.selector.resource_type() {
                     Some(root) if fhir_types::is_resource_type(root) => root == ty,
                     _ => true,
@@ -226,7 +235,9 @@ impl PolicyEngine {
                 .collect();
             root_rules.insert(ty, list);
         }
-        let all_rules = (0..policy.rules.len()).collect();
+        let all_rules = (0..policy.rules.len())
+            .filter(|&i| !policy.rules[i].selector.global_type_search())
+            .collect();
         Self {
             scrubber: uses_scrub.then(Scrubber::new),
             policy,
@@ -473,12 +484,15 @@ impl<'e> Walk<'e> {
                 }
             }
         };
+        let type_id = fhir_types::type_id(&rt);
         let mut states = self.pool.pop().unwrap_or_default();
         let mut first = None;
         {
-            let root = NodeInfo {
+            let root = Node {
                 element: "",
+                element_id: ElementId::UNKNOWN,
                 ty: &rt,
+                type_id,
                 value: res,
             };
             let candidates = engine
@@ -490,7 +504,7 @@ impl<'e> Walk<'e> {
                     break;
                 }
                 let rule = &self.rules()[i];
-                let (state, matched) = rule.selector.start(root);
+                let (state, matched) = rule.selector.start_node(root);
                 if matched && first.is_none() {
                     first = Some(i);
                 }
@@ -507,7 +521,7 @@ impl<'e> Walk<'e> {
         let outer_ops = std::mem::take(&mut self.ms_ops);
         // A resource inside a substituted node is a resource of its own.
         let outer_subst = std::mem::take(&mut self.in_subst);
-        let (mut outcome, _) = self.object(map, &rt, &states, gov, &mut ctx);
+        let (mut outcome, _) = self.object(map, &rt, type_id, &states, gov, &mut ctx);
         states.clear();
         self.pool.push(states);
         self.in_subst = outer_subst;
@@ -598,6 +612,7 @@ impl<'e> Walk<'e> {
         &mut self,
         map: &mut Map<String, Value>,
         ty: &str,
+        type_id: TypeId,
         states: &[(usize, MatchState)],
         governing: Option<usize>,
         ctx: &mut ResourceCtx,
@@ -614,26 +629,34 @@ impl<'e> Walk<'e> {
         let mut touched = false;
         let explaining = self.explain.is_some();
         let ms = self.engine.policy.ms.is_some();
-        let children = fhir_types::Children::of(ty);
+        let children = fhir_types::Children::of_id(type_id);
         for (key, value) in map.iter_mut() {
             if key == "resourceType" {
                 continue;
             }
-            let child = children.get(key);
-            let (element, child_ty): (&str, &str) = match child {
-                Some(c) => (c.element, c.type_code),
-                None => (key.as_str(), ""),
+            let entry = children.entry(key);
+            let child = entry.map(|e| e.child);
+            let (element, element_id, child_ty, child_type_id) = match entry {
+                Some(e) => (e.child.element, e.element_id, e.child.type_code, e.type_id),
+                None => (
+                    key.as_str(),
+                    fhir_types::element_id(key),
+                    "",
+                    TypeId::UNKNOWN,
+                ),
             };
             // `_birthDate`: the id and extensions of the primitive `birthDate`.
             let ext_part = child_ty == "Element" && key.starts_with('_');
             // The anonymizer sees a primitive and its `_x` part as one node, of the primitive's
             // type (`nodesByType('date')` covers the extensions of a date too).
-            let match_ty: &str = if ms && ext_part {
+            let (match_ty, match_type_id) = if ms && ext_part {
                 key.get(1..)
-                    .and_then(|k| children.get(k))
-                    .map_or(child_ty, |c| c.type_code)
+                    .and_then(|k| children.entry(k))
+                    .map_or((child_ty, child_type_id), |e| {
+                        (e.child.type_code, e.type_id)
+                    })
             } else {
-                child_ty
+                (child_ty, child_type_id)
             };
             // Repeating elements written as a single value come out as arrays (as the tool
             // serializes them).
@@ -652,8 +675,11 @@ impl<'e> Walk<'e> {
             }
             let slot = Slot {
                 element,
+                element_id,
                 ty: child_ty,
+                type_id: child_type_id,
                 match_ty,
+                match_type_id,
                 ext_part,
             };
             let outcome = match value {
@@ -746,8 +772,11 @@ impl<'e> Walk<'e> {
         }
         let Slot {
             element,
+            element_id,
             ty,
+            type_id,
             match_ty,
+            match_type_id,
             ext_part,
         } = slot;
         let rules = self.rules();
@@ -762,23 +791,25 @@ impl<'e> Walk<'e> {
         let mut first = None;
         let is_resource = ty == "Resource";
         {
-            let node_ty: &str = if is_resource {
-                value
+            let (node_ty, node_type_id) = if is_resource {
+                let rt = value
                     .get("resourceType")
                     .and_then(Value::as_str)
-                    .unwrap_or("Resource")
+                    .unwrap_or("Resource");
+                (rt, fhir_types::type_id(rt))
             } else {
-                match_ty
+                (match_ty, match_type_id)
             };
-            let info = NodeInfo {
+            let info = Node {
                 element,
+                element_id,
                 ty: node_ty,
+                type_id: node_type_id,
                 value,
             };
-            let triggers: &[usize] = self
-                .engine
-                .type_triggers
-                .get(node_ty)
+            let triggers: &[usize] = node_type_id
+                .index()
+                .and_then(|t| self.engine.type_triggers.get(t))
                 .map_or(&[], Vec::as_slice);
             // Merge the carried states and the rules this node's type enters, in rule order.
             let (mut p, mut t) = (0, 0);
@@ -798,13 +829,13 @@ impl<'e> Walk<'e> {
                 let mut state = MatchState::default();
                 let mut matched = false;
                 if next_carried == Some(i) {
-                    let (next, m) = selector.step(parent_states[p].1, info);
+                    let (next, m) = selector.step_node(parent_states[p].1, info);
                     state = next;
                     matched |= m;
                     p += 1;
                 }
                 if next_trigger == Some(i) {
-                    let (entered, m) = selector.enter_typed(info);
+                    let (entered, m) = selector.enter_typed_node(info);
                     state = crate::path::Selector::merge(state, entered);
                     matched |= m;
                     t += 1;
@@ -891,7 +922,7 @@ impl<'e> Walk<'e> {
                 if substitute.is_some() {
                     self.in_subst += 1;
                 }
-                let (outcome, inner_touched) = self.object(map, ty, &states, gov, ctx);
+                let (outcome, inner_touched) = self.object(map, ty, type_id, &states, gov, ctx);
                 states.clear();
                 self.pool.push(std::mem::take(&mut states));
                 if let Some((i, replacement)) = substitute {
@@ -1314,8 +1345,11 @@ impl<'e> Walk<'e> {
 #[derive(Debug, Clone, Copy)]
 struct Slot<'a> {
     element: &'a str,
+    element_id: ElementId,
     ty: &'a str,
+    type_id: TypeId,
     match_ty: &'a str,
+    match_type_id: TypeId,
     ext_part: bool,
 }
 

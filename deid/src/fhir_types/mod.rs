@@ -14,6 +14,11 @@
 //! deviations (`Resource.id` is recorded as `id`). It is parsed once, on first use, into hash
 //! maps keyed by `&'static str`; lookups never allocate.
 //!
+//! Types and element names are also numbered ([`TypeId`], [`ElementId`]): the engine looks a
+//! child up by its JSON key once and from then on indexes and compares integers (the children of
+//! a type, the rules a type enters, a rule step's element name) instead of hashing or comparing
+//! names at every node.
+//!
 //! The JSON key `resourceType` is not an element and has no entry: callers skip it themselves.
 
 use std::collections::HashMap;
@@ -52,20 +57,59 @@ pub enum TypeKind {
     Backbone,
 }
 
+/// The number of a type of the table, for lookups by index instead of by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TypeId(u16);
+
+impl TypeId {
+    /// Not a type of the table: the type of an unknown JSON key, an unknown `resourceType`.
+    pub const UNKNOWN: TypeId = TypeId(u16::MAX);
+
+    /// The index of a known type (`0..type_count()`), `None` for [`TypeId::UNKNOWN`].
+    pub fn index(self) -> Option<usize> {
+        (self != Self::UNKNOWN).then_some(usize::from(self.0))
+    }
+}
+
+/// The number of an element name of the table: one name (`value`, `reference`) has one number in
+/// every type, so a rule step compares its element with a node's as integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ElementId(u16);
+
+impl ElementId {
+    /// A name that is no element of any type (an unknown JSON key, the empty name of a root).
+    pub const UNKNOWN: ElementId = ElementId(u16::MAX);
+}
+
+/// A child element with the numbers of its type and element name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildEntry {
+    /// The child as [`Children::get`] gives it.
+    pub child: Child,
+    /// The number of `child.type_code`.
+    pub type_id: TypeId,
+    /// The number of `child.element`.
+    pub element_id: ElementId,
+}
+
 /// The FHIR R4 table, one line per type (`T`) and per child element (`C`); see the generator.
 const R4_TSV: &str = include_str!("r4.tsv");
 
 /// One type of the table.
 #[derive(Debug)]
 pub struct TypeInfo {
+    /// Its number (types are numbered in table order).
+    id: TypeId,
     kind: TypeKind,
     /// The type it derives from; `None` for the roots `Element` and `Resource`.
     base: Option<&'static str>,
+    /// The number of `base`.
+    base_id: TypeId,
     is_abstract: bool,
     /// Children in FHIR definition order.
     children: Vec<(&'static str, Child)>,
     /// Children by JSON key.
-    by_key: FastMap<Child>,
+    by_key: FastMap<ChildEntry>,
 }
 
 /// FNV-1a: the keys are short, fixed FHIR names; SipHash's DoS resistance buys nothing here.
@@ -94,10 +138,38 @@ pub(crate) type FastMap<V> = HashMap<&'static str, V, BuildHasherDefault<Fnv1a>>
 
 static TABLE: LazyLock<FastMap<TypeInfo>> = LazyLock::new(|| parse(R4_TSV));
 
+/// The table by number.
+struct Index {
+    /// Types by [`TypeId`].
+    types: Vec<&'static TypeInfo>,
+    /// Element names to their numbers.
+    elements: FastMap<ElementId>,
+    /// The number of `Element`, the type of a primitive's `_x` part.
+    element_type: TypeId,
+}
+
+static INDEX: LazyLock<Index> = LazyLock::new(|| {
+    let table: &'static FastMap<TypeInfo> = &TABLE;
+    let mut types: Vec<&'static TypeInfo> = table.values().collect();
+    types.sort_unstable_by_key(|info| info.id.0);
+    let elements = table
+        .values()
+        .flat_map(|info| info.by_key.values())
+        .map(|entry| (entry.child.element, entry.element_id))
+        .collect();
+    Index {
+        types,
+        elements,
+        element_type: table.get("Element").map_or(TypeId::UNKNOWN, |info| info.id),
+    }
+});
+
 /// Parses the generated table. Panics on a malformed line: the file is generated and checked in,
 /// and the tests parse it.
 fn parse(text: &'static str) -> FastMap<TypeInfo> {
-    let mut types = FastMap::default();
+    let mut types: FastMap<TypeInfo> = FastMap::default();
+    // Element names get their numbers in order of first appearance.
+    let mut elements: FastMap<ElementId> = FastMap::default();
     let flag = |s: &str, line: &str| match s {
         "0" => false,
         "1" => true,
@@ -118,9 +190,15 @@ fn parse(text: &'static str) -> FastMap<TypeInfo> {
                     "backbone" => TypeKind::Backbone,
                     _ => panic!("fhir_types/r4.tsv: bad kind in {line:?}"),
                 };
+                let id = u16::try_from(types.len())
+                    .ok()
+                    .filter(|&n| n != u16::MAX)
+                    .unwrap_or_else(|| panic!("fhir_types/r4.tsv: too many types"));
                 let info = TypeInfo {
+                    id: TypeId(id),
                     kind,
                     base: (*base != "-").then_some(*base),
+                    base_id: TypeId::UNKNOWN,
                     is_abstract: flag(is_abstract, line),
                     children: Vec::new(),
                     by_key: FastMap::default(),
@@ -134,13 +212,39 @@ fn parse(text: &'static str) -> FastMap<TypeInfo> {
                     is_array: flag(is_array, line),
                     is_choice: flag(is_choice, line),
                 };
+                // Every `T` line comes before the `C` lines (the generator writes them so), so
+                // the child's type already has its number.
+                let type_id = types.get(type_code).map_or(TypeId::UNKNOWN, |t| t.id);
+                let next = ElementId(
+                    u16::try_from(elements.len())
+                        .ok()
+                        .filter(|&n| n != u16::MAX)
+                        .unwrap_or_else(|| panic!("fhir_types/r4.tsv: too many element names")),
+                );
+                let element_id = *elements.entry(child.element).or_insert(next);
                 let info = types
                     .get_mut(parent)
                     .unwrap_or_else(|| panic!("fhir_types/r4.tsv: unknown parent in {line:?}"));
                 info.children.push((*key, child));
-                info.by_key.insert(*key, child);
+                info.by_key.insert(
+                    *key,
+                    ChildEntry {
+                        child,
+                        type_id,
+                        element_id,
+                    },
+                );
             }
             _ => panic!("fhir_types/r4.tsv: bad line {line:?}"),
+        }
+    }
+    let base_ids: Vec<(&'static str, TypeId)> = types
+        .iter()
+        .filter_map(|(name, info)| Some((*name, types.get(info.base?)?.id)))
+        .collect();
+    for (name, base_id) in base_ids {
+        if let Some(info) = types.get_mut(name) {
+            info.base_id = base_id;
         }
     }
     types
@@ -167,18 +271,81 @@ impl Children {
         Self(TABLE.get(parent_type))
     }
 
+    /// The children of the type numbered `id` (none for [`TypeId::UNKNOWN`]).
+    pub fn of_id(id: TypeId) -> Self {
+        Self(id.index().and_then(|i| INDEX.types.get(i).copied()))
+    }
+
     /// Same as [`child`] for this parent type.
     pub fn get(&self, json_key: &str) -> Option<Child> {
+        self.entry(json_key).map(|e| e.child)
+    }
+
+    /// [`Children::get`] with the numbers of the child's type and element name.
+    pub fn entry(&self, json_key: &str) -> Option<ChildEntry> {
         let info = self.0?;
-        if let Some(c) = info.by_key.get(json_key) {
-            return Some(*c);
+        if let Some(e) = info.by_key.get(json_key) {
+            return Some(*e);
         }
         let primitive = info.by_key.get(json_key.strip_prefix('_')?)?;
-        is_primitive(primitive.type_code).then_some(Child {
-            type_code: "Element",
-            ..*primitive
+        is_primitive(primitive.child.type_code).then(|| ChildEntry {
+            child: Child {
+                type_code: "Element",
+                ..primitive.child
+            },
+            type_id: INDEX.element_type,
+            element_id: primitive.element_id,
         })
     }
+}
+
+/// The number of a type code ([`TypeId::UNKNOWN`] if it is not in the table).
+pub fn type_id(type_code: &str) -> TypeId {
+    TABLE.get(type_code).map_or(TypeId::UNKNOWN, |info| info.id)
+}
+
+/// How many types the table has: every [`TypeId::index`] is below it.
+pub fn type_count() -> usize {
+    INDEX.types.len()
+}
+
+/// The number of an element name ([`ElementId::UNKNOWN`] if no type has such an element).
+pub fn element_id(name: &str) -> ElementId {
+    INDEX
+        .elements
+        .get(name)
+        .copied()
+        .unwrap_or(ElementId::UNKNOWN)
+}
+
+/// [`is_subtype`] by number, and every type that matches `of` as a bit set over
+/// [`TypeId::index`] (`exact`: `of` alone). Built once per rule step, tested per node.
+pub fn subtype_bits(of: &str, exact: bool) -> Vec<u64> {
+    let index = &*INDEX;
+    let mut bits = vec![0u64; index.types.len().div_ceil(64)];
+    let of = type_id(of);
+    if of == TypeId::UNKNOWN {
+        return bits;
+    }
+    for info in &index.types {
+        let mut at = info.id;
+        let hit = loop {
+            if at == of {
+                break true;
+            }
+            if exact {
+                break false;
+            }
+            match at.index().and_then(|i| index.types.get(i)) {
+                Some(t) if t.base_id != TypeId::UNKNOWN => at = t.base_id,
+                _ => break false,
+            }
+        };
+        if let Some(i) = info.id.index().filter(|_| hit) {
+            bits[i / 64] |= 1 << (i % 64);
+        }
+    }
+    bits
 }
 
 /// The children of a type, as (JSON key, child) in FHIR definition order, choice elements
@@ -535,6 +702,48 @@ mod tests {
         assert!(!is_known_type("DeviceComponent"));
         assert!(!is_known_type("Patient.nope"));
         assert!(is_known_type("date") && is_primitive("date") && !is_primitive("HumanName"));
+    }
+
+    #[test]
+    fn numbers_agree_with_names() {
+        assert_eq!(type_id("Nope"), TypeId::UNKNOWN);
+        assert_eq!(element_id("favouriteColour"), ElementId::UNKNOWN);
+        assert_eq!(element_id(""), ElementId::UNKNOWN);
+        let mut seen = vec![false; type_count()];
+        for name in all_types() {
+            let i = type_id(name).index().expect("a known type");
+            assert!(
+                !std::mem::replace(&mut seen[i], true),
+                "{name}: number taken"
+            );
+            for (key, child) in children(name) {
+                let entry = Children::of_id(type_id(name)).entry(key).expect(key);
+                assert_eq!(entry.child, child);
+                assert_eq!(entry.type_id, type_id(child.type_code), "{name}.{key}");
+                assert_eq!(entry.element_id, element_id(child.element), "{name}.{key}");
+            }
+        }
+        let ext = Children::of_id(type_id("Patient"))
+            .entry("_birthDate")
+            .expect("_birthDate");
+        assert_eq!(ext.type_id, type_id("Element"));
+        assert_eq!(ext.element_id, element_id("birthDate"));
+        for of in [
+            "Quantity", "string", "uri", "integer", "Element", "Resource", "Age", "Nope",
+        ] {
+            for exact in [false, true] {
+                let bits = subtype_bits(of, exact);
+                for name in all_types() {
+                    let i = type_id(name).index().expect("a known type");
+                    let want = if exact {
+                        name == of
+                    } else {
+                        is_subtype(name, of)
+                    };
+                    assert_eq!(bits[i / 64] >> (i % 64) & 1 == 1, want, "{name} of {of}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod parse;
 
 use serde_json::Value;
 
+use crate::fhir_types::{self, ElementId, TypeId};
 pub use eval::{EvalError, Item, Prim, truthy, type_matches};
 pub use parse::{Expr, Literal, ParseError, parse};
 
@@ -34,18 +35,23 @@ pub enum Step {
 pub struct Selector {
     steps: Vec<Step>,
     text: String,
-    /// Per step: for `Descendants(Some(T))`, the type codes that match (exactly `T` for the
-    /// Microsoft anonymizer's lookup by instance type, else `T` and its subtypes), computed once, so the
-    /// per-node test is a few short string compares instead of a walk up the type hierarchy.
+    /// Per step: for `Child(name)`, the number of `name` ([`ElementId::UNKNOWN`] otherwise or when
+    /// no type has such an element), so the per-node test is an integer compare.
+    child_ids: Vec<ElementId>,
+    /// Per step: for `Descendants(Some(T))` and `OfType(T)`, the types that match (for
+    /// `nodesByType` exactly `T` with the Microsoft anonymizer's lookup by instance type, else `T`
+    /// and its subtypes), computed once, so the per-node test is a bit test instead of a walk up
+    /// the type hierarchy.
     type_sets: Vec<Option<TypeSet>>,
     /// The root step names a concrete resource type (which only matches itself).
     root_is_concrete: bool,
 }
 
-/// The type codes a `nodesByType('T')` step accepts.
+/// The types a `nodesByType('T')` or `ofType(T)` step accepts.
 #[derive(Debug, Clone)]
 struct TypeSet {
-    names: Box<[&'static str]>,
+    /// Bit [`TypeId::index`] is set for every accepted type of the table.
+    bits: Box<[u64]>,
     /// `T` is `Resource` / `DomainResource`: any resource node matches (decided on the value).
     resources: Option<String>,
     /// `T` is not a known type: compare by name only.
@@ -56,36 +62,30 @@ impl TypeSet {
     fn new(of: &str, exact: bool) -> Self {
         if matches!(of, "Resource" | "DomainResource") {
             return Self {
-                names: Box::new([]),
+                bits: Box::new([]),
                 resources: Some(of.to_string()),
                 fallback: None,
             };
         }
-        let names: Vec<&'static str> = if exact {
-            crate::fhir_types::types_matching(of)
-                .into_iter()
-                .filter(|t| *t == of)
-                .collect()
-        } else {
-            crate::fhir_types::types_matching(of)
-        };
         Self {
-            fallback: names.is_empty().then(|| of.to_string()),
-            names: names.into_boxed_slice(),
+            bits: fhir_types::subtype_bits(of, exact).into_boxed_slice(),
             resources: None,
+            fallback: (fhir_types::type_id(of) == TypeId::UNKNOWN).then(|| of.to_string()),
         }
     }
 
-    fn contains(&self, ty: &str, value: &Value) -> bool {
+    fn contains(&self, node: &Node<'_>) -> bool {
         if let Some(of) = &self.resources {
-            return type_matches(ty, value, of);
+            return type_matches(node.ty, node.value, of);
         }
         if let Some(of) = &self.fallback {
-            return ty == of;
+            return node.ty == of;
         }
-        self.names
-            .iter()
-            .any(|t| t.len() == ty.len() && (std::ptr::eq(t.as_ptr(), ty.as_ptr()) || *t == ty))
+        node.type_id.index().is_some_and(|i| {
+            self.bits
+                .get(i / 64)
+                .is_some_and(|w| w >> (i % 64) & 1 == 1)
+        })
     }
 }
 
@@ -94,6 +94,8 @@ fn type_sets(steps: &[Step], exact: bool) -> Vec<Option<TypeSet>> {
         .iter()
         .map(|step| match step {
             Step::Descendants(Some(t)) => Some(TypeSet::new(t, exact)),
+            // `ofType` follows the type hierarchy in both modes (as `type_matches` does).
+            Step::OfType(t) => Some(TypeSet::new(t, false)),
             _ => None,
         })
         .collect()
@@ -122,6 +124,34 @@ pub struct NodeInfo<'a> {
     pub ty: &'a str,
     /// The JSON value.
     pub value: &'a Value,
+}
+
+/// A [`NodeInfo`] with the table numbers of its element name and type, as the engine has them
+/// from [`fhir_types::Children::entry`] without a lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct Node<'a> {
+    /// Element name (choice suffix removed); empty for a resource root.
+    pub element: &'a str,
+    /// The number of `element`.
+    pub element_id: ElementId,
+    /// FHIR type code; the resource type for a resource root; empty when unknown.
+    pub ty: &'a str,
+    /// The number of `ty`.
+    pub type_id: TypeId,
+    /// The JSON value.
+    pub value: &'a Value,
+}
+
+impl<'a> From<NodeInfo<'a>> for Node<'a> {
+    fn from(info: NodeInfo<'a>) -> Self {
+        Node {
+            element: info.element,
+            element_id: fhir_types::element_id(info.element),
+            ty: info.ty,
+            type_id: fhir_types::type_id(info.ty),
+            value: info.value,
+        }
+    }
 }
 
 /// Why a path is not a rule path.
@@ -163,7 +193,14 @@ impl Selector {
             });
         }
         Ok(Self {
-            root_is_concrete: matches!(steps.first(), Some(Step::Root(Some(t))) if crate::fhir_types::is_resource_type(t)),
+            root_is_concrete: matches!(steps.first(), Some(Step::Root(Some(t))) if fhir_types::is_resource_type(t)),
+            child_ids: steps
+                .iter()
+                .map(|step| match step {
+                    Step::Child(name) => fhir_types::element_id(name),
+                    _ => ElementId::UNKNOWN,
+                })
+                .collect(),
             type_sets: type_sets(&steps, false),
             steps,
             text: text.to_string(),
@@ -197,6 +234,11 @@ impl Selector {
 
     /// State at a resource root. Returns the state and whether the root itself matches.
     pub fn start(&self, root: NodeInfo<'_>) -> (MatchState, bool) {
+        self.start_node(root.into())
+    }
+
+    /// [`Selector::start`] on a [`Node`].
+    pub fn start_node(&self, root: Node<'_>) -> (MatchState, bool) {
         let mut state = MatchState::default();
         match &self.steps[0] {
             Step::Root(None) => state.reached = 1 << 1,
@@ -215,6 +257,11 @@ impl Selector {
 
     /// State at a child node, from its parent's state.
     pub fn step(&self, parent: MatchState, child: NodeInfo<'_>) -> (MatchState, bool) {
+        self.step_node(parent, child.into())
+    }
+
+    /// [`Selector::step`] on a [`Node`].
+    pub fn step_node(&self, parent: MatchState, child: Node<'_>) -> (MatchState, bool) {
         let mut state = MatchState {
             reached: 0,
             searching: parent.searching,
@@ -223,10 +270,16 @@ impl Selector {
         while bits != 0 {
             let s = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            if let Some(Step::Child(name)) = self.steps.get(s)
-                && name == child.element
-            {
-                state.reached |= 1 << (s + 1);
+            if let Some(Step::Child(name)) = self.steps.get(s) {
+                // Equal numbers are equal names; a name no type has (no number) can still be an
+                // unknown JSON key's.
+                let hit = match self.child_ids.get(s) {
+                    Some(&id) if id != ElementId::UNKNOWN => id == child.element_id,
+                    _ => child.element_id == ElementId::UNKNOWN && name == child.element,
+                };
+                if hit {
+                    state.reached |= 1 << (s + 1);
+                }
             }
         }
         let mut bits = state.searching;
@@ -236,7 +289,7 @@ impl Selector {
             if let Some(Step::Descendants(of)) = self.steps.get(s) {
                 let hit = match (of, self.type_sets.get(s)) {
                     (None, _) => true,
-                    (Some(_), Some(Some(set))) => set.contains(child.ty, child.value),
+                    (Some(_), Some(Some(set))) => set.contains(&child),
                     (Some(t), _) => type_matches(child.ty, child.value, t),
                 };
                 if hit {
@@ -252,14 +305,17 @@ impl Selector {
     }
 
     /// Applies the steps that stay on the same node (type tests, filters, opening searches).
-    fn close(&self, state: &mut MatchState, node: NodeInfo<'_>) -> (MatchState, bool) {
+    fn close(&self, state: &mut MatchState, node: Node<'_>) -> (MatchState, bool) {
         // Visit only the reached steps, in order; a step may reach the next one.
         let mut pending = state.reached;
         while pending != 0 {
             let s = pending.trailing_zeros() as usize;
             pending &= pending - 1;
             let advance = match self.steps.get(s) {
-                Some(Step::OfType(t)) => type_matches(node.ty, node.value, t),
+                Some(Step::OfType(t)) => match self.type_sets.get(s) {
+                    Some(Some(set)) => set.contains(&node),
+                    _ => type_matches(node.ty, node.value, t),
+                },
                 Some(Step::Filter(expr)) => filter_holds(expr, node),
                 Some(Step::Descendants(_)) => {
                     state.searching |= 1 << s;
@@ -290,11 +346,21 @@ impl Selector {
     /// Does the global `nodesByType` search accept a node of this type? (See
     /// [`Selector::global_type_search`].)
     pub fn global_type_accepts(&self, ty: &str, value: &Value) -> bool {
-        matches!(self.type_sets.get(1), Some(Some(set)) if set.contains(ty, value))
+        let node = Node::from(NodeInfo {
+            element: "",
+            ty,
+            value,
+        });
+        matches!(self.type_sets.get(1), Some(Some(set)) if set.contains(&node))
     }
 
     /// State at a node whose type the global `nodesByType` step accepted.
     pub fn enter_typed(&self, node: NodeInfo<'_>) -> (MatchState, bool) {
+        self.enter_typed_node(node.into())
+    }
+
+    /// [`Selector::enter_typed`] on a [`Node`].
+    pub fn enter_typed_node(&self, node: Node<'_>) -> (MatchState, bool) {
         let mut state = MatchState {
             reached: 1 << 2,
             searching: 0,
@@ -326,7 +392,7 @@ impl Selector {
 /// Evaluates a `where(...)` condition on a node. Kept out of line so that the selector's hot
 /// loop stays small. An expression error is "no match": filters never abort a run.
 #[inline(never)]
-fn filter_holds(expr: &Expr, node: NodeInfo<'_>) -> bool {
+fn filter_holds(expr: &Expr, node: Node<'_>) -> bool {
     let item = Item::Node {
         value: node.value,
         ty: node.ty,
