@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::fhir_types;
 use crate::fhir_types::{ElementId, TypeId};
 use crate::key::DeidKey;
-use crate::methods::{self, crypt, dates, pseudonym, scrub::Scrubber};
+use crate::methods::{self, crypt, dates, memo::Memo, pseudonym, scrub::Scrubber};
 use crate::path::{Item, MatchState, Node, NodeInfo, eval};
 use crate::policy::{Fallback, Generalize, METHOD_NAMES, Method, Policy, ms::ProcessingErrors};
 use crate::risk::AGE_BAND_EXTENSION_URL;
@@ -94,7 +94,13 @@ pub struct PolicyEngine {
     /// Rules for resource types not in `root_rules` (unknown types): all but the global
     /// `nodesByType` ones.
     all_rules: Vec<usize>,
+    /// Unique per engine in the process (never 0): tells a worker thread's memos of keyed hashes
+    /// which engine, so which key, they belong to.
+    id: u64,
 }
+
+/// The next [`PolicyEngine::id`].
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -134,8 +140,22 @@ struct Walk<'e> {
     ms_ops: u8,
     /// Depth of `substitute` subtrees being walked (array placeholders are kept inside them).
     in_subst: u32,
-    /// Spare rule-state vectors, reused from node to node instead of allocated per container.
+    /// What this worker thread keeps between resources.
+    worker: Worker,
+}
+
+/// What a worker thread keeps from resource to resource, for one engine: spare rule-state
+/// vectors (reused from node to node instead of allocated per container) and memos of keyed
+/// hashes (which depend on the engine's key).
+#[derive(Debug, Default)]
+struct Worker {
+    /// [`PolicyEngine::id`] of the engine the memos belong to.
+    engine: u64,
     pool: Vec<Vec<(usize, MatchState)>>,
+    /// `Reference.reference` rewrites.
+    references: Memo<String>,
+    /// Date offsets of patients, by source patient id.
+    offsets: Memo<i64>,
 }
 
 /// Operations the anonymizer reports in `meta.security`, in the order it adds the labels.
@@ -247,6 +267,7 @@ impl PolicyEngine {
             type_triggers,
             root_rules,
             all_rules,
+            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -347,7 +368,7 @@ impl<'e> Walk<'e> {
             path: Vec::new(),
             ms_ops: 0,
             in_subst: 0,
-            pool: Vec::new(),
+            worker: Worker::default(),
         }
     }
 
@@ -439,9 +460,14 @@ impl<'e> Walk<'e> {
                 ..outer.clone()
             },
             None => {
-                let scope = match PolicyEngine::patient_of(res) {
-                    Some(patient) => pseudonym::pseudo_id(&engine.key, "Patient", &patient),
-                    None => format!("{rt}/{id}"),
+                let shift_days = engine.policy.defaults.date_shift_days;
+                let offset_days = match PolicyEngine::patient_of(res) {
+                    // All resources of a patient share its offset: worth remembering.
+                    Some(patient) => self.worker.offsets.get_or_insert_with(&patient, |p| {
+                        let scope = pseudonym::pseudo_id(&engine.key, "Patient", p);
+                        dates::offset_days(&engine.key, &scope, shift_days)
+                    }),
+                    None => dates::offset_days(&engine.key, &format!("{rt}/{id}"), shift_days),
                 };
                 let (ms_offset_before, ms_offset_after, ms_id_rule) =
                     match (&engine.policy.ms, outer) {
@@ -466,11 +492,7 @@ impl<'e> Walk<'e> {
                 ResourceCtx {
                     resource_type: rt.clone(),
                     seed: format!("{rt}/{id}"),
-                    offset_days: dates::offset_days(
-                        &engine.key,
-                        &scope,
-                        engine.policy.defaults.date_shift_days,
-                    ),
+                    offset_days,
                     ms_offset_before,
                     ms_offset_after,
                     ms_id_rule,
@@ -485,7 +507,7 @@ impl<'e> Walk<'e> {
             }
         };
         let type_id = fhir_types::type_id(&rt);
-        let mut states = self.pool.pop().unwrap_or_default();
+        let mut states = self.worker.pool.pop().unwrap_or_default();
         let mut first = None;
         {
             let root = Node {
@@ -523,7 +545,7 @@ impl<'e> Walk<'e> {
         let outer_subst = std::mem::take(&mut self.in_subst);
         let (mut outcome, _) = self.object(map, &rt, type_id, &states, gov, &mut ctx);
         states.clear();
-        self.pool.push(states);
+        self.worker.pool.push(states);
         self.in_subst = outer_subst;
         let mine = self.ms_ops;
         self.ms_ops = outer_ops | mine;
@@ -784,7 +806,7 @@ impl<'e> Walk<'e> {
         // which need just the first match, so they allocate nothing.
         let is_container = value.is_object() || value.is_array();
         let mut states = if is_container {
-            self.pool.pop().unwrap_or_default()
+            self.worker.pool.pop().unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -924,7 +946,7 @@ impl<'e> Walk<'e> {
                 }
                 let (outcome, inner_touched) = self.object(map, ty, type_id, &states, gov, ctx);
                 states.clear();
-                self.pool.push(std::mem::take(&mut states));
+                self.worker.pool.push(std::mem::take(&mut states));
                 if let Some((i, replacement)) = substitute {
                     self.in_subst -= 1;
                     // What is left of the node is what earlier rules handled inside it (the rest
@@ -1065,7 +1087,9 @@ impl<'e> Walk<'e> {
                                 pseudonym::pseudo_id(&engine.key, &ctx.resource_type, text)
                             }
                         } else if parent.ty == "Reference" && element == "reference" {
-                            pseudonym::rewrite_reference(&engine.key, text)
+                            self.worker.references.get_or_insert_with(text, |r| {
+                                pseudonym::rewrite_reference(&engine.key, r)
+                            })
                         } else if parent.ty == "Identifier" && element == "value" {
                             pseudonym::pseudo_identifier(
                                 &engine.key,
@@ -1523,15 +1547,23 @@ impl Deidentifier for PolicyEngine {
 
     fn deidentify(&self, resource: &mut Value) -> Result<Disposition> {
         thread_local! {
-            /// Rule-state vectors kept between resources on this worker thread.
-            static POOL: std::cell::RefCell<Vec<Vec<(usize, MatchState)>>> =
-                const { std::cell::RefCell::new(Vec::new()) };
+            /// What this worker thread keeps between resources (see [`Worker`]).
+            static WORKER: std::cell::RefCell<Worker> = std::cell::RefCell::new(Worker::default());
         }
         let mut walk = Walk::new(self, false);
-        walk.pool = POOL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        let mut worker = WORKER.with(|w| std::mem::take(&mut *w.borrow_mut()));
+        if worker.engine != self.id {
+            // Another engine (another key) used this thread: its memos do not apply.
+            worker = Worker {
+                engine: self.id,
+                pool: worker.pool,
+                ..Worker::default()
+            };
+        }
+        walk.worker = worker;
         let result = walk.run(resource);
-        let pool = std::mem::take(&mut walk.pool);
-        POOL.with(|p| *p.borrow_mut() = pool);
+        let worker = std::mem::take(&mut walk.worker);
+        WORKER.with(|w| *w.borrow_mut() = worker);
         result
     }
 

@@ -3,6 +3,7 @@
 
 pub mod crypt;
 pub mod dates;
+pub mod memo;
 pub mod pseudonym;
 pub mod scrub;
 
