@@ -11,7 +11,27 @@ use crate::key::{DeidKey, hex_encode};
 /// Hex characters of a pseudonym (128 bits).
 const PSEUDONYM_HEX: usize = 32;
 
+/// Keyed BLAKE3 over the parts joined by NUL bytes.
 fn keyed(key: &[u8; 32], parts: &[&str]) -> blake3::Hash {
+    // Ids and references are short: joined in a stack buffer they hash in one call, which costs
+    // less than the incremental hasher (same bytes, same hash).
+    let mut buf = [0u8; 256];
+    let len = parts
+        .iter()
+        .map(|p| p.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    if len <= buf.len() {
+        let mut at = 0;
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                at += 1; // the NUL separator (the buffer is zeroed)
+            }
+            buf[at..at + part.len()].copy_from_slice(part.as_bytes());
+            at += part.len();
+        }
+        return blake3::keyed_hash(key, &buf[..len]);
+    }
     let mut hasher = blake3::Hasher::new_keyed(key);
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
@@ -22,19 +42,36 @@ fn keyed(key: &[u8; 32], parts: &[&str]) -> blake3::Hash {
     hasher.finalize()
 }
 
+/// Appends `bytes` as lowercase hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+}
+
+/// The first [`PSEUDONYM_HEX`] hex characters of a hash (`to_hex()[..32]` without rendering the
+/// other half).
+fn pseudonym_hex(hash: &blake3::Hash) -> String {
+    let mut out = String::with_capacity(PSEUDONYM_HEX);
+    push_hex(&mut out, &hash.as_bytes()[..PSEUDONYM_HEX / 2]);
+    out
+}
+
 /// The pseudonym of resource `resource_type/id`: 32 lowercase hex characters (a valid FHIR id).
 pub fn pseudo_id(key: &DeidKey, resource_type: &str, id: &str) -> String {
-    keyed(key.pseudonym_key(), &[resource_type, id]).to_hex()[..PSEUDONYM_HEX].to_string()
+    pseudonym_hex(&keyed(key.pseudonym_key(), &[resource_type, id]))
 }
 
 /// The pseudonym of an identifier value within its system (the system is kept beside it).
 pub fn pseudo_identifier(key: &DeidKey, system: &str, value: &str) -> String {
-    keyed(key.identifier_key(), &[system, value]).to_hex()[..PSEUDONYM_HEX].to_string()
+    pseudonym_hex(&keyed(key.identifier_key(), &[system, value]))
 }
 
 /// A pseudonym for any other string (e.g. a URL with no resource id in it).
 pub fn pseudo_text(key: &DeidKey, text: &str) -> String {
-    keyed(key.identifier_key(), &["text", text]).to_hex()[..PSEUDONYM_HEX].to_string()
+    pseudonym_hex(&keyed(key.identifier_key(), &["text", text]))
 }
 
 /// Rewrites a `Reference.reference` so that it points at the pseudonymized target.
@@ -43,34 +80,49 @@ pub fn rewrite_reference(key: &DeidKey, reference: &str) -> String {
         return reference.to_string();
     }
     if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
-        let h = keyed(key.pseudonym_key(), &["urn:uuid", uuid]).to_hex();
-        return format!(
-            "urn:uuid:{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        );
+        // 8-4-4-4-12 hex digits: the first 16 bytes of the hash in groups of 4, 2, 2, 2, 6.
+        let h = keyed(key.pseudonym_key(), &["urn:uuid", uuid]);
+        let bytes = &h.as_bytes()[..16];
+        let mut out = String::with_capacity(9 + 36);
+        out.push_str("urn:uuid:");
+        for (i, group) in [
+            &bytes[0..4],
+            &bytes[4..6],
+            &bytes[6..8],
+            &bytes[8..10],
+            &bytes[10..16],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                out.push('-');
+            }
+            push_hex(&mut out, group);
+        }
+        return out;
     }
     if let Some((resource_type, query)) = reference.split_once('?') {
         return format!("{resource_type}?{}", rewrite_query(key, query));
     }
     // `[base/]Type/id[/_history/vid]`: the last Type/id pair (no allocation but the result).
-    let (body, history) = match reference.rfind("/_history/") {
-        Some(i) if i > 0 && !reference[i + 10..].contains('/') => {
-            (&reference[..i], &reference[i..])
-        }
-        _ => (reference, ""),
+    // A `/_history/` with no `/` after it ends just before the last `/`.
+    let history_at = reference
+        .rfind('/')
+        .and_then(|last| reference[..last].strip_suffix("/_history").map(str::len))
+        .filter(|&i| i > 0);
+    let (body, history) = match history_at {
+        Some(i) => (&reference[..i], &reference[i..]),
+        None => (reference, ""),
     };
     if let Some((before, id)) = body.rsplit_once('/') {
         let ty = before.rsplit('/').next().unwrap_or(before);
         if !id.is_empty() && fhirlake_is_resource_type(ty) {
-            let hash = keyed(key.pseudonym_key(), &[ty, id]).to_hex();
+            let hash = keyed(key.pseudonym_key(), &[ty, id]);
             let mut out = String::with_capacity(ty.len() + 1 + PSEUDONYM_HEX + history.len());
             out.push_str(ty);
             out.push('/');
-            out.push_str(&hash[..PSEUDONYM_HEX]);
+            push_hex(&mut out, &hash.as_bytes()[..PSEUDONYM_HEX / 2]);
             out.push_str(history);
             return out;
         }
@@ -219,6 +271,51 @@ mod tests {
         assert!(u.starts_with("urn:uuid:") && !u.contains("c757873d"));
         let odd = rewrite_reference(&k, "not a reference");
         assert!(!odd.contains("reference"));
+    }
+
+    #[test]
+    fn fast_paths_match_the_plain_forms() {
+        let k = key(7);
+        let long = "x".repeat(300);
+        for (ty, id) in [("Patient", "123"), ("", ""), ("Observation", long.as_str())] {
+            let mut hasher = blake3::Hasher::new_keyed(k.pseudonym_key());
+            hasher.update(ty.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(id.as_bytes());
+            let want = hasher.finalize().to_hex()[..PSEUDONYM_HEX].to_string();
+            assert_eq!(pseudo_id(&k, ty, id), want);
+        }
+        let h = keyed(k.pseudonym_key(), &["urn:uuid", "c757873d"]).to_hex();
+        assert_eq!(
+            rewrite_reference(&k, "urn:uuid:c757873d"),
+            format!(
+                "urn:uuid:{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
+        );
+        let p = pseudo_id(&k, "Patient", "123");
+        for (reference, want) in [
+            ("Patient/123/_history/4", format!("Patient/{p}/_history/4")),
+            ("/_history/4", pseudo_text(&k, "/_history/4")),
+            (
+                "Patient/123/_history/4/x",
+                pseudo_text(&k, "Patient/123/_history/4/x"),
+            ),
+            (
+                "a/_history/_history/4",
+                pseudo_text(&k, "a/_history/_history/4"),
+            ),
+            (
+                "http://x/fhir/Patient/123/_history/_history/4",
+                pseudo_text(&k, "http://x/fhir/Patient/123/_history/_history/4"),
+            ),
+        ] {
+            assert_eq!(rewrite_reference(&k, reference), want, "{reference}");
+        }
     }
 
     #[test]
