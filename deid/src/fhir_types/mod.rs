@@ -112,29 +112,51 @@ pub struct TypeInfo {
     by_key: FastMap<ChildEntry>,
 }
 
-/// FNV-1a: the keys are short, fixed FHIR names; SipHash's DoS resistance buys nothing here.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fnv1a(u64);
+/// A word-at-a-time multiplicative hash (the scheme of `rustc-hash`): the keys are short, fixed
+/// FHIR names and the JSON keys of every object of every resource; SipHash's DoS resistance buys
+/// nothing here, and taking 8 bytes per step instead of 1 (FNV) makes the walk's per-key lookup
+/// cheaper.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WordHasher(u64);
 
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
+impl WordHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = self
+            .0
+            .wrapping_add(word)
+            .wrapping_mul(0xf135_7aea_2e62_a9c5);
     }
 }
 
-impl Hasher for Fnv1a {
+impl Hasher for WordHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let tail = rest
+                .iter()
+                .enumerate()
+                .fold(0u64, |w, (i, &b)| w | u64::from(b) << (8 * i));
+            self.add(tail);
         }
     }
 
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
     fn finish(&self) -> u64 {
-        self.0
+        // The product's high bits are the well-mixed ones; the table indexes by the low bits.
+        self.0.rotate_left(26)
     }
 }
 
-pub(crate) type FastMap<V> = HashMap<&'static str, V, BuildHasherDefault<Fnv1a>>;
+pub(crate) type FastMap<V> = HashMap<&'static str, V, BuildHasherDefault<WordHasher>>;
 
 static TABLE: LazyLock<FastMap<TypeInfo>> = LazyLock::new(|| parse(R4_TSV));
 

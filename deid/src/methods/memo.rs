@@ -36,7 +36,7 @@ impl<V: Clone> Memo<V> {
                 let new = f(text);
                 key.clear();
                 key.push_str(text);
-                *value = new.clone();
+                value.clone_from(&new);
                 new
             }
             None => {

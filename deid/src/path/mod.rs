@@ -261,7 +261,24 @@ impl Selector {
     }
 
     /// [`Selector::step`] on a [`Node`].
+    #[inline]
     pub fn step_node(&self, parent: MatchState, child: Node<'_>) -> (MatchState, bool) {
+        // Most carried states wait at one `Child` step and no search (`nodesByType('Coding')`
+        // at a Coding, waiting for `display`): every other child kills them, which one integer
+        // compare tells without the general stepping below.
+        if parent.searching == 0 && parent.reached.is_power_of_two() {
+            let s = parent.reached.trailing_zeros() as usize;
+            if let Some(&id) = self.child_ids.get(s)
+                && id != ElementId::UNKNOWN
+                && id != child.element_id
+            {
+                return (MatchState::default(), false);
+            }
+        }
+        self.step_general(parent, child)
+    }
+
+    fn step_general(&self, parent: MatchState, child: Node<'_>) -> (MatchState, bool) {
         let mut state = MatchState {
             reached: 0,
             searching: parent.searching,
