@@ -1021,7 +1021,8 @@ impl<'e> Walk<'e> {
         let engine = self.engine;
         let Some(i) = gov else {
             let defaults = &engine.policy.defaults;
-            let fallback = if FREE_TEXT_TYPES.contains(&ty) {
+            let free_text = FREE_TEXT_TYPES.contains(&ty);
+            let fallback = if free_text {
                 defaults.free_text
             } else {
                 defaults.elements
@@ -1031,11 +1032,11 @@ impl<'e> Walk<'e> {
                 Fallback::Scrub => self.scrub(value, ctx),
                 _ => Outcome::Keep,
             };
-            if outcome != Outcome::Keep && FREE_TEXT_TYPES.contains(&ty) {
+            if outcome != Outcome::Keep && free_text {
                 self.counts.free_text_default += 1;
             }
             if outcome != Outcome::Keep || self.explain.is_some() {
-                let label = if FREE_TEXT_TYPES.contains(&ty) {
+                let label = if free_text {
                     "default (free_text)"
                 } else {
                     "default (elements)"

@@ -45,6 +45,9 @@ pub struct Selector {
     type_sets: Vec<Option<TypeSet>>,
     /// The root step names a concrete resource type (which only matches itself).
     root_is_concrete: bool,
+    /// Bit `s` is set when step `s` acts on the node it is reached at (`ofType`, `where`,
+    /// `nodesByType`): the only steps [`Selector::close`] has to visit.
+    on_node: u32,
 }
 
 /// The types a `nodesByType('T')` or `ofType(T)` step accepts.
@@ -202,6 +205,16 @@ impl Selector {
                 })
                 .collect(),
             type_sets: type_sets(&steps, false),
+            on_node: steps
+                .iter()
+                .enumerate()
+                .filter(|(_, step)| {
+                    matches!(
+                        step,
+                        Step::OfType(_) | Step::Filter(_) | Step::Descendants(_)
+                    )
+                })
+                .fold(0, |bits, (s, _)| bits | 1 << s),
             steps,
             text: text.to_string(),
         })
@@ -322,9 +335,11 @@ impl Selector {
     }
 
     /// Applies the steps that stay on the same node (type tests, filters, opening searches).
+    #[inline]
     fn close(&self, state: &mut MatchState, node: Node<'_>) -> (MatchState, bool) {
-        // Visit only the reached steps, in order; a step may reach the next one.
-        let mut pending = state.reached;
+        // Visit only the reached steps that act on this node, in order; a step may reach the
+        // next one. (A reached `Child` step waits for a child: nothing to do here.)
+        let mut pending = state.reached & self.on_node;
         while pending != 0 {
             let s = pending.trailing_zeros() as usize;
             pending &= pending - 1;
@@ -342,7 +357,7 @@ impl Selector {
             };
             if advance && state.reached & (1 << (s + 1)) == 0 {
                 state.reached |= 1 << (s + 1);
-                pending |= 1 << (s + 1);
+                pending |= 1 << (s + 1) & self.on_node;
             }
         }
         let matched = state.reached & (1 << self.steps.len()) != 0;
