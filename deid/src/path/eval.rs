@@ -3,6 +3,8 @@
 //! `$this.substring(0,3) + '**'`). Types come from the R4 element table, so choice elements
 //! (`value` for `valueQuantity`) and primitive types (`date` vs `string`) resolve as in FHIRPath.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::parse::{BinOp, Expr, Literal};
@@ -18,8 +20,8 @@ pub enum Item<'a> {
         /// FHIR type code (`HumanName`, `date`, a resource type, `Patient.contact`); empty if unknown.
         ty: &'a str,
     },
-    /// A computed string.
-    String(String),
+    /// A string: a literal of the expression (borrowed) or computed.
+    String(Cow<'a, str>),
     /// A computed number.
     Number(f64),
     /// A computed boolean.
@@ -70,10 +72,27 @@ impl<'a> Item<'a> {
                 Value::Bool(b) => Some(Prim::Bool(*b)),
                 _ => None,
             },
-            Item::String(s) => Some(Prim::Str(s.clone())),
+            Item::String(s) => Some(Prim::Str(s.to_string())),
             Item::Number(n) => Some(Prim::Num(*n)),
             Item::Bool(b) => Some(Prim::Bool(*b)),
             Item::DateTime(d) => Some(Prim::Date(d.clone())),
+        }
+    }
+
+    /// [`Item::prim`] without copying text, for equality tests.
+    fn prim_ref(&self) -> Option<PrimRef<'_>> {
+        match self {
+            Item::Node { value, ty } => match value {
+                Value::String(s) if DATE_TYPES.contains(ty) => Some(PrimRef::Date(s)),
+                Value::String(s) => Some(PrimRef::Str(s)),
+                Value::Number(n) => n.as_f64().map(PrimRef::Num),
+                Value::Bool(b) => Some(PrimRef::Bool(*b)),
+                _ => None,
+            },
+            Item::String(s) => Some(PrimRef::Str(s)),
+            Item::Number(n) => Some(PrimRef::Num(*n)),
+            Item::Bool(b) => Some(PrimRef::Bool(*b)),
+            Item::DateTime(d) => Some(PrimRef::Date(d)),
         }
     }
 
@@ -81,7 +100,8 @@ impl<'a> Item<'a> {
     pub fn to_json(&self) -> Value {
         match self {
             Item::Node { value, .. } => (*value).clone(),
-            Item::String(s) | Item::DateTime(s) => Value::String(s.clone()),
+            Item::String(s) => Value::String(s.to_string()),
+            Item::DateTime(s) => Value::String(s.clone()),
             Item::Number(n) => number_json(*n),
             Item::Bool(b) => Value::Bool(*b),
         }
@@ -215,11 +235,12 @@ pub fn descendants_of_type<'a>(value: &'a Value, ty: &'a str, of: &str, out: &mu
 }
 
 /// Evaluates `expr` with focus `focus` (also `$this`).
-pub fn eval<'a>(expr: &Expr, focus: &[Item<'a>], this: &Item<'a>) -> R<Vec<Item<'a>>> {
+pub fn eval<'a>(expr: &'a Expr, focus: &[Item<'a>], this: &Item<'a>) -> R<Vec<Item<'a>>> {
     Ok(match expr {
         Expr::This => vec![this.clone()],
         Expr::Literal(lit) => match lit {
-            Literal::String(s) => vec![Item::String(s.clone())],
+            // Borrowed: filters compare node values with literals, per node.
+            Literal::String(s) => vec![Item::String(Cow::Borrowed(s))],
             Literal::Number(n) => vec![Item::Number(*n)],
             Literal::Bool(b) => vec![Item::Bool(*b)],
             Literal::DateTime(d) => vec![Item::DateTime(d.clone())],
@@ -319,14 +340,14 @@ pub fn truthy(items: &[Item<'_>]) -> bool {
 }
 
 /// Argument `i` of function `f`, evaluated on `$this`, as a single primitive (`None` otherwise).
-fn prim_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<Prim>> {
+fn prim_arg<'a>(args: &'a [Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<Prim>> {
     let Some(arg) = args.get(i) else {
         return Err(EvalError::BadArguments(f.to_string()));
     };
     Ok(single_prim(&eval(arg, std::slice::from_ref(this), this)?))
 }
 
-fn string_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<String>> {
+fn string_arg<'a>(args: &'a [Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<String>> {
     Ok(match prim_arg(args, i, this, f)? {
         Some(Prim::Str(s)) | Some(Prim::Date(s)) => Some(s),
         Some(Prim::Num(n)) => Some(n.to_string()),
@@ -334,14 +355,14 @@ fn string_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option
     })
 }
 
-fn num_arg<'a>(args: &[Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<f64>> {
+fn num_arg<'a>(args: &'a [Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option<f64>> {
     Ok(match prim_arg(args, i, this, f)? {
         Some(Prim::Num(n)) => Some(n),
         _ => None,
     })
 }
 
-fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], this: &Item<'a>) -> R<Vec<Item<'a>>> {
+fn call<'a>(name: &str, input: &[Item<'a>], args: &'a [Expr], this: &Item<'a>) -> R<Vec<Item<'a>>> {
     let bool1 = |b: bool| vec![Item::Bool(b)];
     Ok(match name {
         "exists" => {
@@ -428,7 +449,9 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], this: &Item<'a>) -> R
                 None => chars.len() - start,
             };
             let end = (start + len).min(chars.len());
-            vec![Item::String(chars[start..end].iter().collect())]
+            vec![Item::String(
+                chars[start..end].iter().collect::<String>().into(),
+            )]
         }
         "length" => match single_prim(input) {
             Some(Prim::Str(s)) => vec![Item::Number(s.chars().count() as f64)],
@@ -436,16 +459,16 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], this: &Item<'a>) -> R
         },
         "upper" | "lower" => match single_prim(input) {
             Some(Prim::Str(s)) => vec![Item::String(if name == "upper" {
-                s.to_uppercase()
+                s.to_uppercase().into()
             } else {
-                s.to_lowercase()
+                s.to_lowercase().into()
             })],
             _ => vec![],
         },
         "toString" => match single_prim(input) {
-            Some(Prim::Str(s) | Prim::Date(s)) => vec![Item::String(s)],
-            Some(Prim::Num(n)) => vec![Item::String(n.to_string())],
-            Some(Prim::Bool(b)) => vec![Item::String(b.to_string())],
+            Some(Prim::Str(s) | Prim::Date(s)) => vec![Item::String(s.into())],
+            Some(Prim::Num(n)) => vec![Item::String(n.to_string().into())],
+            Some(Prim::Bool(b)) => vec![Item::String(b.to_string().into())],
             None => vec![],
         },
         "hasValue" => bool1(single_prim(input).is_some()),
@@ -468,6 +491,25 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], this: &Item<'a>) -> R
         }
         other => return Err(EvalError::UnknownFunction(other.to_string())),
     })
+}
+
+/// [`Prim`] borrowing its text.
+#[derive(Debug, Clone, Copy)]
+enum PrimRef<'x> {
+    Str(&'x str),
+    Num(f64),
+    Bool(bool),
+    Date(&'x str),
+}
+
+/// [`prim_eq`] on borrowed primitives.
+fn prim_ref_eq(a: PrimRef<'_>, b: PrimRef<'_>) -> bool {
+    match (a, b) {
+        (PrimRef::Num(x), PrimRef::Num(y)) => x == y,
+        (PrimRef::Str(x) | PrimRef::Date(x), PrimRef::Str(y) | PrimRef::Date(y)) => x == y,
+        (PrimRef::Bool(x), PrimRef::Bool(y)) => x == y,
+        _ => false,
+    }
 }
 
 fn prim_eq(a: &Prim, b: &Prim) -> bool {
@@ -528,6 +570,20 @@ fn comparable(a: &Prim, b: &Prim) -> bool {
     }
 }
 
+/// [`single_prim`] without copying text.
+fn single_ref<'x>(items: &'x [Item<'_>]) -> Option<PrimRef<'x>> {
+    match items {
+        [item] => item.prim_ref(),
+        _ => None,
+    }
+}
+
+/// Is either side a single date (`=` then compares dates, not texts)?
+fn has_date(l: &[Item<'_>], r: &[Item<'_>]) -> bool {
+    let date = |items: &[Item<'_>]| matches!(single_ref(items), Some(PrimRef::Date(_)));
+    date(l) || date(r)
+}
+
 fn binary<'a>(op: BinOp, l: Vec<Item<'a>>, r: Vec<Item<'a>>) -> R<Vec<Item<'a>>> {
     use std::cmp::Ordering::*;
     let bool1 = |b: bool| Ok(vec![Item::Bool(b)]);
@@ -578,6 +634,21 @@ fn binary<'a>(op: BinOp, l: Vec<Item<'a>>, r: Vec<Item<'a>>) -> R<Vec<Item<'a>>>
             };
             Ok(out.map(|b| vec![Item::Bool(b)]).unwrap_or_default())
         }
+        BinOp::Eq | BinOp::Equiv | BinOp::Ne | BinOp::NotEquiv
+            if !matches!(op, BinOp::Eq | BinOp::Equiv) || !has_date(&l, &r) =>
+        {
+            // Equality of texts without copying them (the `where(system = '...')` of rules,
+            // evaluated per node); only `=` on dates needs the date comparison below.
+            let (Some(a), Some(b)) = (single_ref(&l), single_ref(&r)) else {
+                return Ok(vec![]);
+            };
+            let eq = prim_ref_eq(a, b);
+            bool1(if matches!(op, BinOp::Ne | BinOp::NotEquiv) {
+                !eq
+            } else {
+                eq
+            })
+        }
         _ => {
             let (Some(a), Some(b)) = (single_prim(&l), single_prim(&r)) else {
                 return Ok(vec![]);
@@ -604,7 +675,7 @@ fn binary<'a>(op: BinOp, l: Vec<Item<'a>>, r: Vec<Item<'a>>) -> R<Vec<Item<'a>>>
                 BinOp::Add => match (a, b) {
                     (Prim::Num(x), Prim::Num(y)) => Ok(vec![Item::Number(x + y)]),
                     (Prim::Str(x) | Prim::Date(x), Prim::Str(y) | Prim::Date(y)) => {
-                        Ok(vec![Item::String(x + &y)])
+                        Ok(vec![Item::String((x + &y).into())])
                     }
                     _ => Err(EvalError::BadOperands("+")),
                 },
@@ -614,7 +685,7 @@ fn binary<'a>(op: BinOp, l: Vec<Item<'a>>, r: Vec<Item<'a>>) -> R<Vec<Item<'a>>>
                         Prim::Num(n) => n.to_string(),
                         Prim::Bool(b) => b.to_string(),
                     };
-                    Ok(vec![Item::String(text(a) + &text(b))])
+                    Ok(vec![Item::String((text(a) + &text(b)).into())])
                 }
                 BinOp::Sub | BinOp::Mul | BinOp::Div => match (a, b) {
                     (Prim::Num(x), Prim::Num(y)) => Ok(match op {
