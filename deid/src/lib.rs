@@ -1,10 +1,17 @@
 //! The de-identification seam of the ingest pipeline.
 //!
 //! Every resource passes through a [`Deidentifier`] after it is parsed and before anything is
-//! written to the lake. This crate owns that trait and its implementations. The policy engine
-//! (Safe Harbor, limited data set, pseudonyms, date shifting, ...) is the next milestone; until it
-//! lands, the only implementation is [`Passthrough`], which the CLI hands out solely behind the
-//! explicit `--unsafe-no-deid` flag and which the lake records as "no de-identification".
+//! written to the lake. This crate owns that trait and its implementations:
+//!
+//! * [`PolicyEngine`] applies a [`Policy`] (the built-in `safe-harbor` and `limited-data-set`
+//!   profiles, a TOML policy or a Microsoft FHIR anonymizer configuration) with a [`DeidKey`], in
+//!   one walk per resource: rule paths ([`path`], a FHIRPath subset) matched against the FHIR R4
+//!   type table ([`fhir_types`]), methods ([`methods`]: pseudonyms, encryption, date shifting,
+//!   generalization, perturbation, substitution, free-text scrubbing); see `docs/deid.md`.
+//! * [`Passthrough`] writes resources unchanged; the CLI hands it out solely behind the explicit
+//!   `--unsafe-no-deid` flag, and the lake records it as "no de-identification".
+//!
+//! [`risk`] reports k-anonymity over a de-identified lake.
 
 use serde_json::Value;
 
