@@ -6,6 +6,7 @@
 
 pub mod format;
 pub mod session;
+pub mod view;
 
 pub use format::{OutputFormat, write_stream};
 pub use session::{LakeSession, LakeTable};
@@ -37,6 +38,28 @@ pub enum Error {
     /// The requested output cannot be produced (e.g. Parquet to a terminal).
     #[error("{0}")]
     Output(String),
+    /// A ViewDefinition is invalid; `path` is the JSON path of the offending element.
+    #[error("invalid ViewDefinition at {path}: {reason}")]
+    ViewDefinition {
+        /// JSON path in the ViewDefinition, e.g. `select[0].column[2].path`.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A resource could not be turned into rows of a view (never carries resource values).
+    #[error("view {view}: {resource_type} at {location}: {element}: {reason}")]
+    ViewRow {
+        /// View name (or resource type of an unnamed view).
+        view: String,
+        /// Resource type of the failing resource.
+        resource_type: String,
+        /// Where the resource came from (`file:line`).
+        location: String,
+        /// The view element that failed (`column `x``, `where[0]`).
+        element: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Result type of this crate.

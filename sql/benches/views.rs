@@ -1,0 +1,87 @@
+//! Materializing the built-in `observation` view from resource JSON text, in rows per second on
+//! one core, beside two baselines over the same lines in the same run:
+//!
+//! * `serde_json::Value parse`: parsing every line into a `serde_json::Value` (what a generic
+//!   interpreter over a DOM would start from);
+//! * `borrowed parse`: parsing into the view engine's borrowed JSON tree only;
+//! * `observation view`: parse + every row of the built-in `observation` view into Arrow builders
+//!   + the record batch (what ingest does per changed Observation).
+//!
+//! Input: every Observation of the Synthea bulk-data-server export (16,315 resources, identified
+//! source data; de-identified resources in a lake are smaller, so this is the harder case). Run
+//! with `cargo bench -p fhirlake-sql --bench views -- --warm-up-time 1 --measurement-time 5`.
+
+use std::hint::black_box;
+use std::io::Read as _;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fhirlake_sql::view::builtin::builtin_view_text;
+use fhirlake_sql::view::{CompiledView, Json, ViewBatchBuilder};
+
+const EXPORT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/data/synthea/bulk-data-server-100-patients"
+);
+
+/// Every line of the export's Observation files (gunzipped once, into memory).
+fn load_lines() -> Vec<String> {
+    let mut lines = Vec::new();
+    for file in ["30.Observation.ndjson.gz", "32.Observation.ndjson.gz"] {
+        let gz = std::fs::File::open(format!("{EXPORT}/{file}")).expect("Synthea observations");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_string(&mut text)
+            .expect("gunzip observations");
+        lines.extend(text.lines().map(str::to_string));
+    }
+    lines
+}
+
+fn bench(c: &mut Criterion) {
+    let lines = load_lines();
+    let view = Arc::new(
+        CompiledView::from_json_text(builtin_view_text("observation").expect("built-in"))
+            .expect("observation view compiles"),
+    );
+    let mut rows = 0u64;
+    {
+        let mut builder = ViewBatchBuilder::new(view.clone());
+        for line in &lines {
+            rows += builder
+                .append(&Json::parse(line).expect("json"))
+                .expect("rows") as u64;
+        }
+    }
+    let mut group = c.benchmark_group("views");
+    group.throughput(Throughput::Elements(rows));
+    group.bench_function("serde_json::Value parse", |b| {
+        b.iter(|| {
+            for line in &lines {
+                black_box(serde_json::from_str::<serde_json::Value>(line).expect("json"));
+            }
+        })
+    });
+    group.bench_function("borrowed parse", |b| {
+        b.iter(|| {
+            for line in &lines {
+                black_box(Json::parse(line).expect("json"));
+            }
+        })
+    });
+    group.bench_function("observation view", |b| {
+        b.iter(|| {
+            let mut builder = ViewBatchBuilder::new(view.clone());
+            for line in &lines {
+                builder
+                    .append(&Json::parse(line).expect("json"))
+                    .expect("rows");
+            }
+            black_box(builder.finish().expect("batch"));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
