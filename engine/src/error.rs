@@ -96,6 +96,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A view cannot be added, dropped or materialized as asked.
+    #[error("{0}")]
+    View(String),
     /// Unexpected internal state (a bug).
     #[error("internal error: {0}")]
     Internal(String),

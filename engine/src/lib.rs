@@ -3,6 +3,7 @@
 //! - [`lake`]: the lake layout of DESIGN.md — table naming, Delta table creation, the `lake.runs`
 //!   log, the writer lock, and the query snapshot handed to `fhirlake-sql`.
 //! - [`ingest`]: sources -> parse -> de-identify -> staged Parquet -> one Delta MERGE per table.
+//! - [`views`]: SQL-on-FHIR views materialized in the lake and kept up to date at every ingest.
 //! - [`sample`]: the embedded Synthea sample used by `fhirlake quickstart`.
 //!
 //! The `fhirlake` binary (src/main.rs and src/cli/) is a thin layer over this library.
@@ -11,5 +12,6 @@ pub mod error;
 pub mod ingest;
 pub mod lake;
 pub mod sample;
+pub mod views;
 
 pub use error::{Error, Result};

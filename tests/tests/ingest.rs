@@ -490,6 +490,11 @@ fn quickstart_runs_end_to_end() {
         sql_count(dir.path(), "./lake", "SELECT count(*) FROM raw.patient"),
         100
     );
+    // The example queries read the built-in views.
+    assert_eq!(
+        sql_count(dir.path(), "./lake", "SELECT count(*) FROM patient"),
+        100
+    );
     // De-identified with a key quickstart created, readable only by its owner.
     use std::os::unix::fs::PermissionsExt as _;
     let key = dir.path().join(".fhirlake/deid.key");

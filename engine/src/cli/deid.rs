@@ -230,13 +230,13 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One resource read from the inputs, or a problem with its position.
-enum Input {
+pub(super) enum Input {
     Resource(String, serde_json::Value),
     Problem(String),
 }
 
 /// Reads resources from the inputs on a blocking thread, in order.
-async fn read_inputs(
+pub(super) async fn read_inputs(
     inputs: Vec<String>,
     mut each: impl FnMut(Input) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@ mod ingest;
 mod progress;
 mod query;
 mod quickstart;
+mod view;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,10 @@ enum Command {
     /// De-identification tools for data stewards: check, preview, explain, risk, reidentify.
     #[command(subcommand)]
     Deid(deid::DeidCommand),
+    /// SQL-on-FHIR views: run a ViewDefinition over files, run conformance tests, add / list /
+    /// drop the views a lake maintains.
+    #[command(subcommand)]
+    View(view::ViewCommand),
 }
 
 /// Entry point of the binary.
@@ -88,6 +93,7 @@ pub fn main() -> ExitCode {
             Command::Tables(args) => query::tables(args).await,
             Command::History(args) => query::history(args).await,
             Command::Deid(command) => deid::run(command).await,
+            Command::View(command) => view::run(command).await,
         }
     });
     match result {

@@ -41,23 +41,19 @@ pub const QUICKSTART_KEY_FILE: &str = ".fhirlake/deid.key";
 pub const EXAMPLE_QUERIES: &[(&str, &str)] = &[
     (
         "Patients by gender",
-        "SELECT json_get_str(resource, 'gender') AS gender, count(*) AS patients \
-         FROM raw.patient GROUP BY 1 ORDER BY patients DESC",
+        "SELECT gender, count(*) AS patients FROM patient GROUP BY 1 ORDER BY patients DESC",
     ),
     (
         "Most common conditions (patients affected)",
-        "SELECT json_get_str(resource, 'code', 'coding', 0, 'display') AS condition, \
-                count(DISTINCT patient_id) AS patients \
-         FROM raw.condition GROUP BY 1 ORDER BY patients DESC, condition LIMIT 5",
+        "SELECT code_display AS condition, count(DISTINCT patient_id) AS patients \
+         FROM condition GROUP BY 1 ORDER BY patients DESC, condition LIMIT 5",
     ),
     (
         "Vital signs joined to patients: mean value by gender",
-        "SELECT json_get_str(o.resource, 'code', 'coding', 0, 'display') AS observation, \
-                json_get_str(p.resource, 'gender') AS gender, count(*) AS n, \
-                round(avg(json_get_float(o.resource, 'valueQuantity', 'value')), 1) AS mean, \
-                json_get_str(o.resource, 'valueQuantity', 'unit') AS unit \
-         FROM raw.observation o JOIN raw.patient p ON o.patient_id = p.id \
-         WHERE json_get_str(o.resource, 'code', 'coding', 0, 'code') IN ('8302-2', '29463-7', '39156-5') \
+        "SELECT o.code_display AS observation, p.gender, count(*) AS n, \
+                round(avg(o.value_quantity), 1) AS mean, o.value_unit AS unit \
+         FROM observation o JOIN patient p ON o.patient_id = p.id \
+         WHERE o.code IN ('8302-2', '29463-7', '39156-5') \
          GROUP BY 1, 2, 5 ORDER BY 1, 2",
     ),
 ];

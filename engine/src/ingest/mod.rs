@@ -6,7 +6,8 @@
 //! 3. streams every file through the parallel [`pipeline`] into per-type staging Parquet files
 //!    in the landing zone, keeping rejected lines in `<landing>/rejected/<run_id>.ndjson`;
 //! 4. commits each resource type with one Delta MERGE ([`merge`]);
-//! 5. records the run in `lake.runs` — last, so a killed run is never recorded as finished.
+//! 5. brings every view up to date (`crate::views`, one commit per changed view);
+//! 6. records the run in `lake.runs` — last, so a killed run is never recorded as finished.
 
 pub mod merge;
 pub mod observer;
@@ -59,6 +60,8 @@ pub struct IngestReport {
     pub record: RunRecord,
     /// Outcome.
     pub status: RunStatus,
+    /// Resources a view could not turn into rows (they are in `raw.*`, not in that view).
+    pub view_failures: u64,
     /// Where rejected lines were kept, if any.
     pub rejects_file: Option<PathBuf>,
     /// Input bytes read (decompressed).
@@ -251,6 +254,20 @@ impl Ingest {
         }
         remove_dir(&staging_dir);
 
+        // Views last: they read the raw tables as committed above.
+        let mut view_failures = 0;
+        for registered in crate::views::lake_views(&self.lake).await? {
+            let id = registered.table_id();
+            self.observer.phase(&format!("materializing view {id}"));
+            let outcome =
+                crate::views::refresh_view(&self.lake, &stamp, &registered.view, &run_id, false)
+                    .await?;
+            view_failures += outcome.failed;
+            if let Some(version) = outcome.version {
+                table_versions.insert(id.to_string(), version);
+            }
+        }
+
         let status = if total_rejected > 0 {
             RunStatus::SucceededWithRejects
         } else {
@@ -277,6 +294,7 @@ impl Ingest {
         Ok(IngestReport {
             record,
             status,
+            view_failures,
             rejects_file: rejects.path().map(PathBuf::from),
             bytes: staged.bytes,
             elapsed: started.elapsed(),

@@ -212,6 +212,33 @@ impl Lake {
             .is_some())
     }
 
+    /// Deletes a table folder and everything in it (`fhirlake view drop`).
+    pub async fn remove_table(&self, id: &TableId) -> Result<()> {
+        let prefix = self
+            .root
+            .clone()
+            .join(id.group.folder())
+            .join(id.name.as_str());
+        let paths: Vec<StorePath> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        for path in paths {
+            match object_store::ObjectStoreExt::delete(self.store.as_ref(), &path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.store_error(e)),
+            }
+        }
+        if let Some(dir) = self.local_dir() {
+            // Local stores leave empty folders behind.
+            let _ = std::fs::remove_dir_all(dir.join(id.relative_path()));
+        }
+        Ok(())
+    }
+
     /// Every table that exists in the lake, sorted by group then name.
     pub async fn table_ids(&self) -> Result<Vec<TableId>> {
         let mut ids = Vec::new();

@@ -54,6 +54,14 @@ impl TableId {
         }
     }
 
+    /// A SQL-on-FHIR view's table (`views/<name>`, SQL default schema).
+    pub fn view(name: &str) -> Self {
+        Self {
+            group: TableGroup::Views,
+            name: name.to_string(),
+        }
+    }
+
     /// The run log, `lake.runs`.
     pub fn runs() -> Self {
         Self {

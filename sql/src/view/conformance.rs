@@ -128,10 +128,10 @@ pub fn run_test(test: &Value, resources: &[Value]) -> TestOutcome {
             return fail(format!("expected columns {expected:?}, got {columns:?}"));
         }
     }
-    if let Some(count) = test.get("expectCount").and_then(Value::as_u64) {
-        if rows.len() as u64 != count {
-            return fail(format!("expected {count} rows, got {}", rows.len()));
-        }
+    if let Some(count) = test.get("expectCount").and_then(Value::as_u64)
+        && rows.len() as u64 != count
+    {
+        return fail(format!("expected {count} rows, got {}", rows.len()));
     }
     if let Some(expected) = test.get("expect").and_then(Value::as_array) {
         let mut want: Vec<String> = expected.iter().map(canonical).collect();

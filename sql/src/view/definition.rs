@@ -249,10 +249,10 @@ impl Compiler {
         if !view.is_object() {
             return invalid("$", "a ViewDefinition must be a JSON object");
         }
-        if let Some(rt) = view.get("resourceType") {
-            if rt != "ViewDefinition" {
-                return invalid("resourceType", "must be `ViewDefinition`");
-            }
+        if let Some(rt) = view.get("resourceType")
+            && rt != "ViewDefinition"
+        {
+            return invalid("resourceType", "must be `ViewDefinition`");
         }
         check_keys(view, VIEW_KEYS, "ViewDefinition")?;
         let resource = match view.get("resource") {
@@ -642,7 +642,7 @@ fn infer_kind(expr: &Expr) -> ColumnKind {
             Func::ToDecimal => ColumnKind::Float64,
             _ => ColumnKind::Utf8,
         },
-        Expr::Binary(op, ..) => match op {
+        Expr::Binary(
             BinOp::Eq
             | BinOp::Ne
             | BinOp::Lt
@@ -656,9 +656,9 @@ fn infer_kind(expr: &Expr) -> ColumnKind {
             | BinOp::Xor
             | BinOp::Implies
             | BinOp::In
-            | BinOp::Contains => ColumnKind::Boolean,
-            _ => ColumnKind::Utf8,
-        },
+            | BinOp::Contains,
+            ..,
+        ) => ColumnKind::Boolean,
         Expr::TypeOp { is: true, .. } => ColumnKind::Boolean,
         _ => ColumnKind::Utf8,
     }

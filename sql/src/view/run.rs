@@ -235,10 +235,10 @@ impl CompiledView {
         };
         let mut stack = vec![Task::Select(&self.root, focus, 0)];
         walk.run(&mut stack).map_err(|mut e| {
-            if let Some(slot) = e.element.strip_prefix("column slot ") {
-                if let Some(column) = slot.parse::<usize>().ok().and_then(|s| self.columns.get(s)) {
-                    e.element = format!("column `{}`", column.name);
-                }
+            if let Some(slot) = e.element.strip_prefix("column slot ")
+                && let Some(column) = slot.parse::<usize>().ok().and_then(|s| self.columns.get(s))
+            {
+                e.element = format!("column `{}`", column.name);
             }
             e
         })
@@ -540,10 +540,10 @@ impl ViewBatchBuilder {
             )
             .collect();
         self.rows = 0;
-        if keep > 0 {
-            if let Ok(batch) = RecordBatch::try_new(self.schema.clone(), arrays) {
-                self.done.push(batch);
-            }
+        if keep > 0
+            && let Ok(batch) = RecordBatch::try_new(self.schema.clone(), arrays)
+        {
+            self.done.push(batch);
         }
     }
 

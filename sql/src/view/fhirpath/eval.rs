@@ -272,10 +272,7 @@ fn has_type(item: &Item<'_>, spec: &TypeSpec) -> bool {
             p.type_name().eq_ignore_ascii_case(wanted)
                 || (matches!(p, Prim::Str(_)) && is_string_like(wanted))
         }
-        Item::Node(json, Some(ty)) => {
-            ty.eq_ignore_ascii_case(wanted)
-                || (json.as_object().is_some() && wanted == "Resource" && false)
-        }
+        Item::Node(_, Some(ty)) => ty.eq_ignore_ascii_case(wanted),
         Item::Node(json, None) => match json {
             Json::Bool(_) => wanted.eq_ignore_ascii_case("boolean"),
             Json::Int(_) => matches!(
@@ -896,10 +893,10 @@ fn call<'a>(
                 let Some((ty, id)) = reference_parts(reference) else {
                     continue;
                 };
-                if let Some(wanted) = type_arg {
-                    if ty != Some(wanted.name.as_str()) {
-                        continue;
-                    }
+                if let Some(wanted) = type_arg
+                    && ty != Some(wanted.name.as_str())
+                {
+                    continue;
                 }
                 out.push(Item::Prim(Prim::Str(Cow::Owned(id.to_string()))));
             }

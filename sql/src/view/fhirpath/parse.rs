@@ -444,12 +444,12 @@ impl Parser {
 
     fn type_spec(&mut self) -> Result<TypeSpec, ParseError> {
         let first = self.identifier()?;
-        if self.peek() == &Tok::Sym(".") {
-            if let Tok::Ident(_) | Tok::Quoted(_) = self.tokens[self.pos + 1].1 {
-                self.bump();
-                let name = self.identifier()?;
-                return Ok(TypeSpec::new(Some(first), name));
-            }
+        if self.peek() == &Tok::Sym(".")
+            && let Tok::Ident(_) | Tok::Quoted(_) = self.tokens[self.pos + 1].1
+        {
+            self.bump();
+            let name = self.identifier()?;
+            return Ok(TypeSpec::new(Some(first), name));
         }
         Ok(TypeSpec::new(None, first))
     }

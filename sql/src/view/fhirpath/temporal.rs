@@ -95,14 +95,13 @@ impl DateTimeParts {
                     Some(i) => (&rest[..i], Some(&rest[i..])),
                     None => (rest, None),
                 };
-                if let Some(tz) = tz {
-                    if tz != "Z"
-                        && parse_time(&tz[1..])
-                            .filter(|t| t.minute.is_some())
-                            .is_none()
-                    {
-                        return None;
-                    }
+                if let Some(tz) = tz
+                    && tz != "Z"
+                    && parse_time(&tz[1..])
+                        .filter(|t| t.minute.is_some())
+                        .is_none()
+                {
+                    return None;
                 }
                 let time = if time.is_empty() {
                     None
@@ -166,7 +165,9 @@ impl TimeParts {
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
         4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
         2 => 28,
         _ => 31,
     }
