@@ -100,6 +100,26 @@ fn sigkill_at_any_point_leaves_a_consistent_lake() {
         sql_count(dir.path(), "L", "SELECT count(*) FROM lake.runs"),
         runs + 1
     );
+    // Views killed half way are repaired by that run: one row per resource, none twice.
+    for (view, raw, n) in [
+        ("observation", "raw.observation", 16_315),
+        ("patient", "raw.patient", 100),
+    ] {
+        assert_eq!(
+            sql_count(dir.path(), "L", &format!("SELECT count(*) FROM {view}")),
+            n,
+            "{view}"
+        );
+        assert_eq!(
+            sql_count(
+                dir.path(),
+                "L",
+                &format!("SELECT count(*) FROM {view} v JOIN {raw} r ON v.id = r.id")
+            ),
+            n,
+            "{view}"
+        );
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -402,3 +402,64 @@ fn builtin_views_are_materialized_at_ingest_and_maintained() {
         2,
     );
 }
+
+/// An upsert (newer `meta.lastUpdated`) replaces the resource's row in the view; an older version
+/// read later does not.
+#[test]
+fn upserts_replace_view_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, gender: &str, updated: &str| {
+        let path = dir.path().join(name);
+        let line = serde_json::json!({"resourceType": "Patient", "id": "p1", "gender": gender,
+            "meta": {"lastUpdated": updated}, "birthDate": "1970-01-01"});
+        let other = serde_json::json!({"resourceType": "Patient", "id": "p2", "gender": "female"});
+        std::fs::write(&path, format!("{line}\n{other}\n")).unwrap();
+        path
+    };
+    let ingest = |path: &Path| {
+        let output = run(fhirlake(dir.path()).args([
+            "ingest",
+            "--lake",
+            "L",
+            "--unsafe-no-deid",
+            "-q",
+            path.to_str().unwrap(),
+        ]));
+        assert_code(&output, 0);
+    };
+    ingest(&write("a.ndjson", "male", "2024-01-01T00:00:00Z"));
+    let gender = || {
+        sql(
+            dir.path(),
+            "L",
+            "SELECT gender, birth_year FROM patient WHERE id = 'p1'",
+        )
+    };
+    assert_eq!(
+        gender(),
+        vec![serde_json::json!({"gender": "male", "birth_year": 1970})]
+    );
+    ingest(&write("b.ndjson", "female", "2025-01-01T00:00:00Z"));
+    assert_eq!(
+        gender(),
+        vec![serde_json::json!({"gender": "female", "birth_year": 1970})]
+    );
+    ingest(&write("c.ndjson", "other", "2023-01-01T00:00:00Z"));
+    assert_eq!(
+        gender(),
+        vec![serde_json::json!({"gender": "female", "birth_year": 1970})]
+    );
+    assert_eq!(
+        sql_count(dir.path(), "L", "SELECT count(*) FROM patient"),
+        2
+    );
+    let history =
+        run(fhirlake(dir.path()).args(["history", "patient", "--lake", "L", "--format", "ndjson"]));
+    // create, build, one incremental MERGE (the older version changed nothing).
+    assert_eq!(
+        text(&history.stdout).lines().count(),
+        3,
+        "{}",
+        text(&history.stdout)
+    );
+}

@@ -94,6 +94,7 @@ pub async fn refresh_view(
             None => (Vec::new(), Vec::new(), 0),
         };
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let created = existing.is_none();
         let table = match existing {
             Some(table) => table,
             None => {
@@ -106,6 +107,19 @@ pub async fn refresh_view(
                 .await?
             }
         };
+        let mut batches = batches;
+        if batches.is_empty() {
+            if created {
+                // A new, empty view (no resources of its type yet): the table exists, queries work.
+                return Ok(ViewOutcome {
+                    version: table.version().map(|v| v as i64),
+                    rebuilt: true,
+                    ..ViewOutcome::default()
+                });
+            }
+            // Overwriting with no rows needs one (empty) batch to write.
+            batches.push(RecordBatch::new_empty(schema.clone()));
+        }
         let before = table.version();
         let table = table
             .write(batches)
