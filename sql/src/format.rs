@@ -140,14 +140,7 @@ async fn write_stream_inner<W: Write + Send>(
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 rows += batch.num_rows() as u64;
-                let mut buf = Vec::new();
-                {
-                    let mut writer = arrow::json::WriterBuilder::new()
-                        .with_explicit_nulls(true)
-                        .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
-                    writer.write(&batch)?;
-                    writer.finish()?;
-                }
+                let buf = ndjson_rows(&batch)?;
                 if array {
                     for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                         if !first {
@@ -179,6 +172,18 @@ async fn write_stream_inner<W: Write + Send>(
         }
     }
     Ok(rows)
+}
+
+/// One JSON object per row (keys in column order, explicit nulls), each line ending in `\n`.
+pub fn ndjson_rows(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(buf)
 }
 
 /// Pretty-prints batches (always prints the header, even for zero rows).

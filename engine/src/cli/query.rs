@@ -119,22 +119,12 @@ pub async fn tables(args: TablesArgs) -> anyhow::Result<ExitCode> {
     let (mut names, mut rows, mut versions, mut files, mut bytes) =
         (vec![], vec![], vec![], vec![], vec![]);
     for (id, table) in lake.load_all().await? {
-        let snapshot = table.snapshot()?;
-        let (mut n_rows, mut n_files, mut n_bytes) = (0i64, 0i64, 0i64);
-        for file in snapshot.log_data().iter() {
-            n_files += 1;
-            n_bytes += file.size();
-            n_rows += file
-                .stats()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .and_then(|s| s.get("numRecords").and_then(serde_json::Value::as_i64))
-                .unwrap_or(0);
-        }
+        let size = fhirlake::lake::table_size(&table)?;
         names.push(id.to_string());
-        rows.push(n_rows);
+        rows.push(size.rows);
         versions.push(table.version().unwrap_or_default() as i64);
-        files.push(n_files);
-        bytes.push(n_bytes);
+        files.push(size.files);
+        bytes.push(size.bytes);
     }
     let schema = Arc::new(Schema::new(vec![
         Field::new("table", DataType::Utf8, false),

@@ -295,19 +295,10 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     for registered in lake_views(&lake).await? {
         let id = registered.table_id();
         let table = lake.load_table(&id).await?;
-        let mut n_rows = None;
-        if let Some(table) = &table {
-            let snapshot = table.snapshot()?;
-            let mut count = 0i64;
-            for file in snapshot.log_data().iter() {
-                count += file
-                    .stats()
-                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                    .and_then(|s| s.get("numRecords").and_then(serde_json::Value::as_i64))
-                    .unwrap_or(0);
-            }
-            n_rows = Some(count);
-        }
+        let n_rows = match &table {
+            Some(table) => Some(fhirlake::lake::table_size(table)?.rows),
+            None => None,
+        };
         names.push(id.to_string());
         sources.push(registered.source.as_str());
         resources.push(registered.view.resource.clone());

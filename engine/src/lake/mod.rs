@@ -309,6 +309,35 @@ impl Lake {
     }
 }
 
+/// Rows (from the Delta file statistics), data files and bytes of a table's current version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableSize {
+    /// Rows, summed from each file's `numRecords` statistic.
+    pub rows: i64,
+    /// Active data files.
+    pub files: i64,
+    /// Bytes of the active data files.
+    pub bytes: i64,
+}
+
+/// Sizes a loaded table without reading its data.
+pub fn table_size(table: &DeltaTable) -> Result<TableSize> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| Error::delta("table snapshot", e))?;
+    let mut size = TableSize::default();
+    for file in snapshot.log_data().iter() {
+        size.files += 1;
+        size.bytes += file.size();
+        size.rows += file
+            .stats()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|s| s.get("numRecords").and_then(serde_json::Value::as_i64))
+            .unwrap_or(0);
+    }
+    Ok(size)
+}
+
 /// Reads the de-identification stamp of a table.
 pub fn table_stamp(table: &DeltaTable) -> Option<DeidStamp> {
     let config = &table.snapshot().ok()?.table_config().unknown_properties;

@@ -49,15 +49,7 @@ pub fn run_view(view: Arc<CompiledView>, resources: &[Value]) -> Result<(Vec<Str
         })?;
     }
     let batch = builder.finish()?;
-    let mut buf = Vec::new();
-    {
-        let mut writer = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
-        writer.write(&batch)?;
-        writer.finish()?;
-    }
-    let rows = buf
+    let rows = crate::format::ndjson_rows(&batch)?
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|line| {

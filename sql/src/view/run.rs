@@ -530,16 +530,10 @@ impl ViewBatchBuilder {
     fn rollback(&mut self) {
         let keep = self.rows;
         let arrays: Vec<ArrayRef> = self
-            .columns
-            .iter_mut()
-            .map(|c| c.finish().slice(0, keep))
-            .chain(
-                self.resource_ids
-                    .as_mut()
-                    .map(|ids| Arc::new(ids.finish()) as ArrayRef),
-            )
+            .take_arrays()
+            .into_iter()
+            .map(|a| a.slice(0, keep))
             .collect();
-        self.rows = 0;
         if keep > 0
             && let Ok(batch) = RecordBatch::try_new(self.schema.clone(), arrays)
         {
@@ -547,10 +541,10 @@ impl ViewBatchBuilder {
         }
     }
 
-    /// The buffered rows as a record batch; the builder starts empty again.
-    pub fn finish(&mut self) -> Result<RecordBatch> {
-        let arrays: Vec<ArrayRef> = self
-            .columns
+    /// Every column's values so far (view columns, then `_resource_id`); the builders restart.
+    fn take_arrays(&mut self) -> Vec<ArrayRef> {
+        self.rows = 0;
+        self.columns
             .iter_mut()
             .map(ColumnBuilder::finish)
             .chain(
@@ -558,8 +552,12 @@ impl ViewBatchBuilder {
                     .as_mut()
                     .map(|ids| Arc::new(ids.finish()) as ArrayRef),
             )
-            .collect();
-        self.rows = 0;
+            .collect()
+    }
+
+    /// The buffered rows as a record batch; the builder starts empty again.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        let arrays = self.take_arrays();
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
         if self.done.is_empty() {
             return Ok(batch);

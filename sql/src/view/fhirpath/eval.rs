@@ -693,6 +693,20 @@ fn arithmetic<'a>(op: BinOp, a: &Prim<'a>, b: &Prim<'a>) -> Res<Option<Prim<'a>>
     ))
 }
 
+/// Evaluates the optional argument `i` to at most one primitive.
+fn prim_arg<'a>(
+    args: &[Expr],
+    i: usize,
+    focus: &[Item<'a>],
+    env: &Env<'a>,
+    what: &str,
+) -> Res<Option<Prim<'a>>> {
+    match args.get(i) {
+        None => Ok(None),
+        Some(arg) => single_prim(&evaluate(arg, focus, env)?, what),
+    }
+}
+
 fn string_arg<'a>(
     args: &[Expr],
     i: usize,
@@ -700,13 +714,7 @@ fn string_arg<'a>(
     env: &Env<'a>,
     what: &str,
 ) -> Res<Option<String>> {
-    match args.get(i) {
-        None => Ok(None),
-        Some(arg) => {
-            let value = evaluate(arg, focus, env)?;
-            Ok(single_prim(&value, what)?.map(|p| p.to_text().into_owned()))
-        }
-    }
+    Ok(prim_arg(args, i, focus, env, what)?.map(|p| p.to_text().into_owned()))
 }
 
 fn int_arg<'a>(
@@ -716,16 +724,10 @@ fn int_arg<'a>(
     env: &Env<'a>,
     what: &str,
 ) -> Res<Option<i64>> {
-    match args.get(i) {
+    match prim_arg(args, i, focus, env, what)? {
         None => Ok(None),
-        Some(arg) => {
-            let value = evaluate(arg, focus, env)?;
-            match single_prim(&value, what)? {
-                None => Ok(None),
-                Some(Prim::Int(i)) => Ok(Some(i)),
-                Some(_) => err(format!("{what} needs an integer argument")),
-            }
-        }
+        Some(Prim::Int(i)) => Ok(Some(i)),
+        Some(_) => err(format!("{what} needs an integer argument")),
     }
 }
 

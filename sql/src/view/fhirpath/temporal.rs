@@ -151,13 +151,8 @@ impl TimeParts {
             None if high => "999".to_string(),
             None => "000".to_string(),
         };
-        let second_known = self.second.is_some();
         let minute = fill(self.minute, 59);
-        let second = if second_known {
-            self.second.unwrap_or(0)
-        } else {
-            fill(None, 59)
-        };
+        let second = fill(self.second, 59);
         format!("{:02}:{:02}:{:02}.{}", self.hour, minute, second, fraction)
     }
 }
@@ -264,14 +259,7 @@ fn sort_key(p: &DateTimeParts) -> Vec<u64> {
             key.push(minutes.rem_euclid(60) as u64);
         }
         key.extend(t.second.map(u64::from));
-        if let Some(f) = &t.fraction {
-            let mut f = f.clone();
-            f.truncate(9);
-            while f.len() < 9 {
-                f.push('0');
-            }
-            key.push(f.parse().unwrap_or(0));
-        }
+        key.extend(t.fraction.as_deref().map(|f| fraction_units(f, 9)));
     }
     key
 }
@@ -280,15 +268,18 @@ fn time_key(t: &TimeParts) -> Vec<u64> {
     let mut key = vec![t.hour as u64];
     key.extend(t.minute.map(u64::from));
     key.extend(t.second.map(u64::from));
-    if let Some(f) = &t.fraction {
-        let mut f = f.clone();
-        f.truncate(9);
-        while f.len() < 9 {
-            f.push('0');
-        }
-        key.push(f.parse().unwrap_or(0));
-    }
+    key.extend(t.fraction.as_deref().map(|f| fraction_units(f, 9)));
     key
+}
+
+/// Fraction-of-second digits (as written, digits only) in units of 10^-`digits` s: `"5"` at 6
+/// digits is 500,000 µs; extra digits are cut.
+fn fraction_units(fraction: &str, digits: usize) -> u64 {
+    fraction
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(digits)
+        .fold(0, |acc, b| acc * 10 + u64::from(b - b'0'))
 }
 
 fn tz_minutes(tz: &str) -> i64 {
@@ -317,14 +308,10 @@ pub fn epoch_micros(s: &str) -> Option<i64> {
     let (h, m, sec, micros) = match &p.time {
         None => (0, 0, 0, 0),
         Some(t) => {
-            let micros = t.fraction.as_ref().map_or(0, |f| {
-                let mut f = f.clone();
-                f.truncate(6);
-                while f.len() < 6 {
-                    f.push('0');
-                }
-                f.parse::<i64>().unwrap_or(0)
-            });
+            let micros = t
+                .fraction
+                .as_deref()
+                .map_or(0, |f| fraction_units(f, 6) as i64);
             (
                 t.hour as i64,
                 t.minute.unwrap_or(0) as i64,
@@ -341,14 +328,10 @@ pub fn epoch_micros(s: &str) -> Option<i64> {
 /// Microseconds since midnight of a time of day.
 pub fn time_micros(s: &str) -> Option<i64> {
     let t = parse_time(s)?;
-    let micros = t.fraction.as_ref().map_or(0, |f| {
-        let mut f = f.clone();
-        f.truncate(6);
-        while f.len() < 6 {
-            f.push('0');
-        }
-        f.parse::<i64>().unwrap_or(0)
-    });
+    let micros = t
+        .fraction
+        .as_deref()
+        .map_or(0, |f| fraction_units(f, 6) as i64);
     Some(
         ((t.hour as i64 * 60 + t.minute.unwrap_or(0) as i64) * 60 + t.second.unwrap_or(0) as i64)
             * 1_000_000
