@@ -16,7 +16,7 @@ use fhirlake::views::{lake_views, refresh_view};
 use fhirlake_sql::OutputFormat;
 use fhirlake_sql::view::builtin::{BUILTIN_VIEWS, builtin_view_text};
 use fhirlake_sql::view::conformance::{report, run_dir};
-use fhirlake_sql::view::{CompiledView, Json, ViewBatchBuilder};
+use fhirlake_sql::view::{CompiledView, ViewBatchBuilder, json};
 
 use super::args::LakeArgs;
 use super::deid::{Input, read_inputs};
@@ -194,7 +194,7 @@ async fn run_view(args: RunArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {message}");
             }
             Input::Resource(at, resource) => {
-                let json = Json::from(&resource);
+                let json = json::from_serde(&resource);
                 if let Err(e) = builder.append(&json) {
                     problems += 1;
                     eprintln!(

@@ -24,7 +24,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use fhirlake_sql::view::run::RESOURCE_ID_COLUMN;
-use fhirlake_sql::view::{CompiledView, Json, ViewBatchBuilder};
+use fhirlake_sql::view::{CompiledView, ViewBatchBuilder, json};
 use fhirlake_sql::{LakeSession, LakeTable};
 use futures::{StreamExt, TryStreamExt};
 
@@ -290,7 +290,7 @@ async fn compute_rows(
         for i in 0..batch.num_rows() {
             let id = ids.value(i);
             touched.push(id.to_string());
-            let outcome = match Json::parse(resources.value(i)) {
+            let outcome = match json::parse(resources.value(i)) {
                 Ok(json) => builder
                     .append(&json)
                     .map(|_| ())

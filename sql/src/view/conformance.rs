@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{CompiledView, Json, ViewBatchBuilder};
+use super::json::{self, JsonExt};
+use super::{CompiledView, ViewBatchBuilder};
 use crate::{Error, Result};
 
 /// The outcome of one test.
@@ -39,7 +40,7 @@ pub fn run_view(view: Arc<CompiledView>, resources: &[Value]) -> Result<(Vec<Str
     let columns: Vec<String> = view.columns.iter().map(|c| c.name.clone()).collect();
     let mut builder = ViewBatchBuilder::new(view.clone());
     for (i, resource) in resources.iter().enumerate() {
-        let json = Json::from(resource);
+        let json = json::from_serde(resource);
         builder.append(&json).map_err(|e| Error::ViewRow {
             view: view.label().to_string(),
             resource_type: json.resource_type().unwrap_or("?").to_string(),

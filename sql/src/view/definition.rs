@@ -102,12 +102,24 @@ pub(crate) enum Iteration {
     Repeat(Vec<Expr>),
 }
 
+/// One column of a select: where its value goes and how it is computed.
+#[derive(Debug, Clone)]
+pub(crate) struct ColumnExpr {
+    /// Output slot (column index in the view).
+    pub slot: usize,
+    /// The column's FHIRPath.
+    pub expr: Expr,
+    /// `collection: true`.
+    pub collection: bool,
+    /// The path compiled to a streaming walk, when it is a plain path.
+    pub plan: Option<fhirpath::PathPlan>,
+}
+
 /// A compiled `select` element.
 #[derive(Debug, Clone)]
 pub(crate) struct SelectNode {
     pub iteration: Iteration,
-    /// (output slot, expression, collection)
-    pub columns: Vec<(usize, Expr, bool)>,
+    pub columns: Vec<ColumnExpr>,
     pub selects: Vec<SelectNode>,
     pub union_all: Vec<SelectNode>,
     /// Every slot this select and its descendants fill (nulls for an empty `forEachOrNull`).
@@ -484,7 +496,13 @@ impl Compiler {
         let first_slot = self.next_slot;
         let mut columns = Vec::new();
         for (i, column) in array(select, "column", path)?.iter().enumerate() {
-            columns.push(self.column(column, &format!("{path}.column[{i}]"))?);
+            let (slot, expr, collection) = self.column(column, &format!("{path}.column[{i}]"))?;
+            columns.push(ColumnExpr {
+                slot,
+                plan: fhirpath::PathPlan::compile(&expr),
+                expr,
+                collection,
+            });
         }
         let mut selects = Vec::new();
         for (i, nested) in array(select, "select", path)?.iter().enumerate() {

@@ -20,7 +20,7 @@ use arrow::record_batch::RecordBatch;
 use super::definition::{ColumnKind, CompiledView, Iteration, SelectNode};
 use super::fhirpath::temporal::{epoch_days, epoch_micros, time_micros};
 use super::fhirpath::{Env, Item, Prim, evaluate};
-use super::json::Json;
+use super::json::{Json, JsonExt, Kind};
 use crate::Result;
 
 /// One cell of the row being built.
@@ -49,7 +49,7 @@ enum Task<'s, 'a> {
 }
 
 struct Walk<'s, 'a, 'e> {
-    resource: &'a Json<'a>,
+    resource: &'a Json,
     buf: Vec<Cell<'a>>,
     emit: &'e mut dyn FnMut(&[Cell<'a>]) -> Result<(), RowError>,
     _view: &'s CompiledView,
@@ -59,6 +59,15 @@ fn eval_error(e: super::fhirpath::eval::EvalError) -> RowError {
     RowError {
         element: "select".into(),
         reason: e.0,
+    }
+}
+
+fn too_many_values(slot: usize, count: usize) -> RowError {
+    RowError {
+        element: format!("column slot {slot}"),
+        reason: format!(
+            "the path returned {count} values; set `collection: true` or select one (e.g. `.first()`)"
+        ),
     }
 }
 
@@ -78,30 +87,58 @@ impl<'s, 'a> Walk<'s, 'a, '_> {
         row_index: i64,
     ) -> Result<(), RowError> {
         let env = self.env(row_index);
-        for (slot, expr, collection) in &node.columns {
-            let values = evaluate(expr, focus, &env).map_err(eval_error)?;
-            self.buf[*slot] = if *collection {
+        for column in &node.columns {
+            let slot = column.slot;
+            if let (Some(plan), false) = (&column.plan, column.collection) {
+                // The common case: a plain path into a single-valued column, no allocation.
+                let mut count = 0usize;
+                let mut cell = Cell::Null;
+                plan.for_each(focus, self.resource, &mut |item| {
+                    count += 1;
+                    if count == 1 {
+                        cell = Cell::One(item);
+                    }
+                });
+                if count > 1 {
+                    return Err(too_many_values(slot, count));
+                }
+                self.buf[slot] = cell;
+                continue;
+            }
+            let values = evaluate(&column.expr, focus, &env).map_err(eval_error)?;
+            self.buf[slot] = if column.collection {
                 Cell::Many(values)
             } else {
-                match values.len() {
-                    0 => Cell::Null,
-                    1 => Cell::One(
-                        values
-                            .into_iter()
-                            .next()
-                            .unwrap_or(Item::Prim(Prim::Bool(false))),
-                    ),
-                    n => {
-                        return Err(RowError {
-                            element: format!("column slot {slot}"),
-                            reason: format!(
-                                "the path returned {n} values; set `collection: true` or select one (e.g. `.first()`)"
-                            ),
-                        });
-                    }
+                let count = values.len();
+                let mut values = values.into_iter();
+                match (values.next(), count) {
+                    (None, _) => Cell::Null,
+                    (Some(item), 1) => Cell::One(item),
+                    _ => return Err(too_many_values(slot, count)),
                 }
             };
         }
+        Ok(())
+    }
+
+    /// One iteration of `node`: its columns on `item`, then its nested selects and unionAll.
+    fn select_on(
+        &mut self,
+        node: &'s SelectNode,
+        item: Item<'a>,
+        index: i64,
+        stack: &mut Vec<Task<'s, 'a>>,
+    ) -> Result<(), RowError> {
+        self.fill_columns(node, std::slice::from_ref(&item), index)?;
+        let mark = stack.len();
+        if !node.union_all.is_empty() {
+            stack.push(Task::Union(node, item.clone(), index));
+        }
+        for nested in node.selects.iter().rev() {
+            stack.push(Task::Select(nested, item.clone(), index));
+        }
+        self.run(stack)?;
+        stack.truncate(mark);
         Ok(())
     }
 
@@ -121,7 +158,12 @@ impl<'s, 'a> Walk<'s, 'a, '_> {
                 let env = self.env(*row_index);
                 let input = std::slice::from_ref(focus);
                 let foci: Vec<(Item<'a>, i64)> = match &node.iteration {
-                    Iteration::None => vec![(focus.clone(), *row_index)],
+                    Iteration::None => {
+                        // Once, on the parent's focus: no collection to build.
+                        self.select_on(node, focus.clone(), *row_index, stack)?;
+                        stack.push(task);
+                        return Ok(());
+                    }
                     Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => evaluate(e, input, &env)
                         .map_err(eval_error)?
                         .into_iter()
@@ -143,16 +185,7 @@ impl<'s, 'a> Walk<'s, 'a, '_> {
                     self.run(stack)?;
                 }
                 for (item, index) in foci {
-                    self.fill_columns(node, std::slice::from_ref(&item), index)?;
-                    let mark = stack.len();
-                    if !node.union_all.is_empty() {
-                        stack.push(Task::Union(node, item.clone(), index));
-                    }
-                    for nested in node.selects.iter().rev() {
-                        stack.push(Task::Select(nested, item.clone(), index));
-                    }
-                    self.run(stack)?;
-                    stack.truncate(mark);
+                    self.select_on(node, item, index, stack)?;
                 }
             }
         }
@@ -179,7 +212,7 @@ fn repeat<'a>(
 
 impl CompiledView {
     /// Does the view read resources of this type?
-    pub fn applies_to(&self, resource: &Json<'_>) -> bool {
+    pub fn applies_to(&self, resource: &Json) -> bool {
         resource.resource_type() == Some(self.resource.as_str())
     }
 
@@ -187,7 +220,7 @@ impl CompiledView {
     /// out by `where`).
     pub fn rows<'a>(
         &self,
-        resource: &'a Json<'a>,
+        resource: &'a Json,
         emit: &mut dyn FnMut(&[Cell<'a>]) -> Result<(), RowError>,
     ) -> Result<(), RowError> {
         if !self.applies_to(resource) {
@@ -332,6 +365,25 @@ impl ColumnBuilder {
 
     /// Appends one value; `Err` names the expected type.
     fn append_item(&mut self, item: &Item<'_>) -> Result<(), &'static str> {
+        // Straight from the JSON node for the common cases (no `Prim` built: a decimal's `Prim`
+        // carries its printed precision, which costs a float formatting).
+        if let Item::Node(json, _) = item {
+            match (&mut self.values, json.kind()) {
+                (Values::Utf8(b), Kind::Str(s)) => {
+                    b.append_value(s);
+                    return Ok(());
+                }
+                (Values::Float64(b), Kind::Float(f)) => {
+                    b.append_value(f);
+                    return Ok(());
+                }
+                (Values::Float64(b), Kind::Int(i)) => {
+                    b.append_value(i as f64);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
         let prim = item.prim();
         match &mut self.values {
             Values::Utf8(b) => match (prim, item) {
@@ -491,7 +543,7 @@ impl ViewBatchBuilder {
 
     /// Appends the rows of one resource. Either all its rows are appended or none: a resource
     /// that fails part way is reported and the rows appended before it are kept.
-    pub fn append(&mut self, resource: &Json<'_>) -> Result<usize, RowError> {
+    pub fn append(&mut self, resource: &Json) -> Result<usize, RowError> {
         let view = self.view.clone();
         let columns = &mut self.columns;
         let mut count = 0;
@@ -509,8 +561,8 @@ impl ViewBatchBuilder {
             Ok(()) => {
                 if let Some(ids) = &mut self.resource_ids {
                     let id = resource
-                        .get("id")
-                        .and_then(Json::as_str)
+                        .member("id")
+                        .and_then(JsonExt::text)
                         .unwrap_or_default();
                     for _ in 0..count {
                         ids.append_value(id);

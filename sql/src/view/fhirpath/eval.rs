@@ -1,4 +1,5 @@
-//! Evaluates an [`Expr`] over the borrowed JSON of one resource.
+//! Evaluates an [`Expr`] over the JSON tree of one resource (the general evaluator; plain paths
+//! run through [`super::path`] instead).
 //!
 //! Collections are vectors of [`Item`]s: nodes of the resource (borrowed, with the FHIR type when
 //! a choice element's name told it) or values computed by operators and functions. Errors name
@@ -12,7 +13,7 @@ use super::temporal::{
     parse_time, time_boundary_text,
 };
 use super::{BinOp, Expr, Func, Literal, TypeSpec};
-use crate::view::json::{Json, format_float};
+use crate::view::json::{Json, JsonExt, Kind, format_float};
 
 /// A primitive value.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +84,7 @@ impl Prim<'_> {
 #[derive(Debug, Clone)]
 pub enum Item<'a> {
     /// A node of the resource and its FHIR type name when known (`Quantity`, `dateTime`, ...).
-    Node(&'a Json<'a>, Option<&'a str>),
+    Node(&'a Json, Option<&'a str>),
     /// A computed value.
     Prim(Prim<'a>),
 }
@@ -108,31 +109,28 @@ impl<'a> Item<'a> {
     pub fn prim(&self) -> Option<Prim<'a>> {
         match self {
             Item::Prim(p) => Some(p.clone()),
-            Item::Node(json, ty) => match json {
-                Json::Bool(b) => Some(Prim::Bool(*b)),
-                Json::Int(i) if is_type(*ty, "decimal") => Some(Prim::Dec(*i as f64, 0)),
-                Json::Int(i) => Some(Prim::Int(*i)),
-                Json::Float(f) => Some(Prim::Dec(*f, fraction_digits(*f))),
-                Json::Str(s) => {
-                    let s: &'a str = s;
-                    Some(match ty {
-                        Some(t) if t.eq_ignore_ascii_case("date") => Prim::Date(Cow::Borrowed(s)),
-                        Some(t)
-                            if t.eq_ignore_ascii_case("dateTime")
-                                || t.eq_ignore_ascii_case("instant") =>
-                        {
-                            Prim::DateTime(Cow::Borrowed(s))
-                        }
-                        Some(t) if t.eq_ignore_ascii_case("time") => Prim::Time(Cow::Borrowed(s)),
-                        _ => Prim::Str(Cow::Borrowed(s)),
-                    })
-                }
+            Item::Node(json, ty) => match JsonExt::kind(*json) {
+                Kind::Bool(b) => Some(Prim::Bool(b)),
+                Kind::Int(i) if is_type(*ty, "decimal") => Some(Prim::Dec(i as f64, 0)),
+                Kind::Int(i) => Some(Prim::Int(i)),
+                Kind::Float(f) => Some(Prim::Dec(f, fraction_digits(f))),
+                Kind::Str(s) => Some(match ty {
+                    Some(t) if t.eq_ignore_ascii_case("date") => Prim::Date(Cow::Borrowed(s)),
+                    Some(t)
+                        if t.eq_ignore_ascii_case("dateTime")
+                            || t.eq_ignore_ascii_case("instant") =>
+                    {
+                        Prim::DateTime(Cow::Borrowed(s))
+                    }
+                    Some(t) if t.eq_ignore_ascii_case("time") => Prim::Time(Cow::Borrowed(s)),
+                    _ => Prim::Str(Cow::Borrowed(s)),
+                }),
                 _ => None,
             },
         }
     }
 
-    fn json(&self) -> Option<&'a Json<'a>> {
+    fn json(&self) -> Option<&'a Json> {
         match self {
             Item::Node(json, _) => Some(json),
             Item::Prim(_) => None,
@@ -144,7 +142,7 @@ impl<'a> Item<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Env<'a> {
     /// The resource the row comes from (`%resource`, `getResourceKey()` fallback).
-    pub resource: &'a Json<'a>,
+    pub resource: &'a Json,
     /// `%rowIndex` of the innermost iteration.
     pub row_index: i64,
     /// `$index` inside `where`/`select`/`all`.
@@ -168,95 +166,109 @@ fn err<T>(message: impl Into<String>) -> Res<T> {
     Err(EvalError(message.into()))
 }
 
-/// FHIR data type names that can follow a choice element's name (`value` + `Quantity`).
-const CHOICE_TYPES: &[&str] = &[
-    "Base64Binary",
-    "Boolean",
-    "Canonical",
-    "Code",
-    "Date",
-    "DateTime",
-    "Decimal",
-    "Id",
-    "Instant",
-    "Integer",
-    "Integer64",
-    "Markdown",
-    "Oid",
-    "PositiveInt",
-    "String",
-    "Time",
-    "UnsignedInt",
-    "Uri",
-    "Url",
-    "Uuid",
-    "Address",
-    "Age",
-    "Annotation",
-    "Attachment",
-    "CodeableConcept",
-    "CodeableReference",
-    "Coding",
-    "ContactPoint",
-    "Count",
-    "Distance",
-    "Duration",
-    "HumanName",
-    "Identifier",
-    "Money",
-    "Period",
-    "Quantity",
-    "Range",
-    "Ratio",
-    "RatioRange",
-    "Reference",
-    "SampledData",
-    "Signature",
-    "Timing",
-    "ContactDetail",
-    "Contributor",
-    "DataRequirement",
-    "Expression",
-    "ParameterDefinition",
-    "RelatedArtifact",
-    "TriggerDefinition",
-    "UsageContext",
-    "Dosage",
-    "Meta",
-    "Availability",
-    "ExtendedContactDetail",
-    "VirtualServiceDetail",
-    "MonetaryComponent",
-];
+/// Is `suffix` a FHIR data type name that can follow a choice element's name (`value` +
+/// `Quantity`)?
+pub(crate) fn is_choice_type(suffix: &str) -> bool {
+    matches!(
+        suffix,
+        "Base64Binary"
+            | "Boolean"
+            | "Canonical"
+            | "Code"
+            | "Date"
+            | "DateTime"
+            | "Decimal"
+            | "Id"
+            | "Instant"
+            | "Integer"
+            | "Integer64"
+            | "Markdown"
+            | "Oid"
+            | "PositiveInt"
+            | "String"
+            | "Time"
+            | "UnsignedInt"
+            | "Uri"
+            | "Url"
+            | "Uuid"
+            | "Address"
+            | "Age"
+            | "Annotation"
+            | "Attachment"
+            | "CodeableConcept"
+            | "CodeableReference"
+            | "Coding"
+            | "ContactPoint"
+            | "Count"
+            | "Distance"
+            | "Duration"
+            | "HumanName"
+            | "Identifier"
+            | "Money"
+            | "Period"
+            | "Quantity"
+            | "Range"
+            | "Ratio"
+            | "RatioRange"
+            | "Reference"
+            | "SampledData"
+            | "Signature"
+            | "Timing"
+            | "ContactDetail"
+            | "Contributor"
+            | "DataRequirement"
+            | "Expression"
+            | "ParameterDefinition"
+            | "RelatedArtifact"
+            | "TriggerDefinition"
+            | "UsageContext"
+            | "Dosage"
+            | "Meta"
+            | "Availability"
+            | "ExtendedContactDetail"
+            | "VirtualServiceDetail"
+            | "MonetaryComponent"
+    )
+}
+
+/// The FHIR type a member key names when it is `name` itself (`Some(None)`) or the choice element
+/// `name` + a type (`Some(Some(type))`), e.g. `valueQuantity` for `value`.
+#[inline]
+pub(crate) fn member_match<'k>(key: &'k str, name: &str) -> Option<Option<&'k str>> {
+    let (k, n) = (key.as_bytes(), name.as_bytes());
+    if k.len() < n.len() || k.first() != n.first() {
+        return None;
+    }
+    if k.len() == n.len() {
+        return (k == n).then_some(None);
+    }
+    let suffix = key.get(name.len()..)?;
+    (suffix.starts_with(|c: char| c.is_ascii_uppercase())
+        && key.starts_with(name)
+        && is_choice_type(suffix))
+    .then_some(Some(suffix))
+}
 
 /// Pushes the children named `name` of `json` (array members flattened, nulls skipped).
-fn push_member<'a>(json: &'a Json<'a>, name: &str, out: &mut Coll<'a>) {
-    let Json::Object(members) = json else {
+fn push_member<'a>(json: &'a Json, name: &str, out: &mut Coll<'a>) {
+    let Kind::Object(members) = json.kind() else {
         return;
     };
-    for (key, value) in members {
-        let key: &'a str = key;
-        let ty = if key == name {
-            None
-        } else if let Some(suffix) = key.strip_prefix(name)
-            && suffix.starts_with(|c: char| c.is_ascii_uppercase())
-            && CHOICE_TYPES.contains(&suffix)
-        {
-            Some(suffix)
-        } else {
+    for (key, value) in members.iter() {
+        let Some(ty) = member_match(key, name) else {
             continue;
         };
-        match value {
-            Json::Array(items) => {
+        match value.kind() {
+            Kind::Array(items) => {
                 out.extend(
                     items
                         .iter()
-                        .filter(|i| !matches!(i, Json::Null))
+                        .filter(|i| !matches!(i.kind(), Kind::Null))
                         .map(|i| Item::Node(i, ty)),
                 );
             }
-            Json::Null => {}
-            other => out.push(Item::Node(other, ty)),
+            Kind::Null => {}
+            _ => out.push(Item::Node(value, ty)),
         }
         if ty.is_none() {
             return;
@@ -265,7 +277,7 @@ fn push_member<'a>(json: &'a Json<'a>, name: &str, out: &mut Coll<'a>) {
 }
 
 /// Does `item` have type `spec`?
-fn has_type(item: &Item<'_>, spec: &TypeSpec) -> bool {
+pub(crate) fn has_type(item: &Item<'_>, spec: &TypeSpec) -> bool {
     let wanted = spec.name.as_str();
     match item {
         Item::Prim(p) => {
@@ -273,9 +285,9 @@ fn has_type(item: &Item<'_>, spec: &TypeSpec) -> bool {
                 || (matches!(p, Prim::Str(_)) && is_string_like(wanted))
         }
         Item::Node(_, Some(ty)) => ty.eq_ignore_ascii_case(wanted),
-        Item::Node(json, None) => match json {
-            Json::Bool(_) => wanted.eq_ignore_ascii_case("boolean"),
-            Json::Int(_) => matches!(
+        Item::Node(json, None) => match json.kind() {
+            Kind::Bool(_) => wanted.eq_ignore_ascii_case("boolean"),
+            Kind::Int(_) => matches!(
                 wanted,
                 "integer"
                     | "Integer"
@@ -285,9 +297,9 @@ fn has_type(item: &Item<'_>, spec: &TypeSpec) -> bool {
                     | "unsignedInt"
                     | "integer64"
             ),
-            Json::Float(_) => wanted.eq_ignore_ascii_case("decimal"),
-            Json::Str(_) => is_string_like(wanted),
-            Json::Object(_) => match json.resource_type() {
+            Kind::Float(_) => wanted.eq_ignore_ascii_case("decimal"),
+            Kind::Str(_) => is_string_like(wanted),
+            Kind::Object(_) => match json.resource_type() {
                 Some(rt) => rt == wanted || wanted == "Resource" || wanted == "DomainResource",
                 None => wanted.starts_with(|c: char| c.is_ascii_uppercase()) && !is_system(wanted),
             },
@@ -732,9 +744,9 @@ fn int_arg<'a>(
 }
 
 /// The resource key of a resource node: its `id`.
-fn resource_key<'a>(json: &'a Json<'a>) -> Option<Item<'a>> {
-    json.get("id")
-        .filter(|id| matches!(id, Json::Str(_)))
+fn resource_key(json: &Json) -> Option<Item<'_>> {
+    json.member("id")
+        .filter(|id| matches!(id.kind(), Kind::Str(_)))
         .map(|id| Item::Node(id, None))
 }
 
@@ -751,13 +763,21 @@ pub fn reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
         return None;
     }
     let path = reference.split(['?', '#']).next().unwrap_or(reference);
-    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if segments.len() >= 4 && segments[segments.len() - 2] == "_history" {
-        segments.truncate(segments.len() - 2);
+    // Segments from the end, empty ones skipped: `[.., ty, id]` or `[.., ty, id, _history, v]`.
+    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
+    let (mut last, mut before) = (segments.next()?, segments.next()?);
+    if before == "_history" {
+        // Only when a type and an id precede `_history/version`.
+        let mut rest = segments.clone();
+        if let (Some(id), Some(_ty)) = (rest.next(), rest.next()) {
+            last = id;
+            before = segments.nth(1)?;
+        }
     }
-    match segments.as_slice() {
-        [.., ty, id] if ty.starts_with(|c: char| c.is_ascii_uppercase()) => Some((Some(ty), id)),
-        _ => None,
+    if before.starts_with(|c: char| c.is_ascii_uppercase()) {
+        Some((Some(before), last))
+    } else {
+        None
     }
 }
 
@@ -868,7 +888,9 @@ fn call<'a>(
                     let mut extensions = Vec::new();
                     push_member(json, "extension", &mut extensions);
                     out.extend(extensions.into_iter().filter(|e| {
-                        e.json().and_then(|j| j.get("url")).and_then(Json::as_str)
+                        e.json()
+                            .and_then(|j| j.member("url"))
+                            .and_then(JsonExt::text)
                             == Some(url.as_str())
                     }));
                 }
@@ -887,8 +909,8 @@ fn call<'a>(
             for item in input {
                 let Some(reference) = item
                     .json()
-                    .and_then(|j| j.get("reference"))
-                    .and_then(Json::as_str)
+                    .and_then(|j| j.member("reference"))
+                    .and_then(JsonExt::text)
                 else {
                     continue;
                 };
@@ -900,7 +922,7 @@ fn call<'a>(
                 {
                     continue;
                 }
-                out.push(Item::Prim(Prim::Str(Cow::Owned(id.to_string()))));
+                out.push(Item::Prim(Prim::Str(Cow::Borrowed(id))));
             }
             Ok(out)
         }
@@ -1074,13 +1096,13 @@ fn call<'a>(
         Func::Children => {
             let mut out = Vec::new();
             for item in input {
-                if let Some(Json::Object(members)) = item.json() {
-                    for (_, value) in members {
-                        match value {
-                            Json::Array(items) => {
+                if let Some(Kind::Object(members)) = item.json().map(JsonExt::kind) {
+                    for (_, value) in members.iter() {
+                        match value.kind() {
+                            Kind::Array(items) => {
                                 out.extend(items.iter().map(|i| Item::Node(i, None)))
                             }
-                            other => out.push(Item::Node(other, None)),
+                            _ => out.push(Item::Node(value, None)),
                         }
                     }
                 }
@@ -1147,7 +1169,7 @@ mod tests {
     use crate::view::fhirpath::parse;
 
     fn eval_on(text: &str, path: &str) -> Vec<String> {
-        let json = Json::parse(text).unwrap();
+        let json = crate::view::json::parse(text).unwrap();
         let env = Env {
             resource: &json,
             row_index: 0,

@@ -3,7 +3,7 @@
 
 /// The parts of a FHIR date or dateTime, each present down to its precision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DateTimeParts {
+pub struct DateTimeParts<'a> {
     /// Year.
     pub year: u32,
     /// Month 1-12.
@@ -11,14 +11,14 @@ pub struct DateTimeParts {
     /// Day 1-31.
     pub day: Option<u32>,
     /// The time, if any.
-    pub time: Option<TimeParts>,
+    pub time: Option<TimeParts<'a>>,
     /// `Z` or `+hh:mm` / `-hh:mm`, as written.
-    pub tz: Option<String>,
+    pub tz: Option<&'a str>,
 }
 
 /// The parts of a time of day.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimeParts {
+pub struct TimeParts<'a> {
     /// Hour.
     pub hour: u32,
     /// Minute.
@@ -26,7 +26,7 @@ pub struct TimeParts {
     /// Second.
     pub second: Option<u32>,
     /// Fraction digits as written (without the dot).
-    pub fraction: Option<String>,
+    pub fraction: Option<&'a str>,
 }
 
 fn number(s: &str, digits: usize, max: u32) -> Option<u32> {
@@ -45,7 +45,7 @@ fn optional(part: Option<&str>, max: u32) -> Option<Option<u32>> {
 }
 
 /// Parses `hh[:mm[:ss[.fff]]]`.
-pub fn parse_time(s: &str) -> Option<TimeParts> {
+pub fn parse_time(s: &str) -> Option<TimeParts<'_>> {
     let mut parts = s.splitn(3, ':');
     let hour = number(parts.next()?, 2, 23)?;
     let minute = optional(parts.next(), 59)?;
@@ -57,7 +57,7 @@ pub fn parse_time(s: &str) -> Option<TimeParts> {
                     if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
                         return None;
                     }
-                    (whole, Some(fraction.to_string()))
+                    (whole, Some(fraction))
                 }
                 None => (sec, None),
             };
@@ -72,9 +72,9 @@ pub fn parse_time(s: &str) -> Option<TimeParts> {
     })
 }
 
-impl DateTimeParts {
+impl<'a> DateTimeParts<'a> {
     /// Parses a FHIR date or dateTime of any precision.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &'a str) -> Option<Self> {
         let (date, rest) = match s.split_once('T') {
             Some((date, rest)) => (date, Some(rest)),
             None => (s, None),
@@ -108,7 +108,7 @@ impl DateTimeParts {
                 } else {
                     Some(parse_time(time)?)
                 };
-                (time, tz.map(str::to_string))
+                (time, tz)
             }
         };
         Some(Self {
@@ -130,7 +130,7 @@ impl DateTimeParts {
     }
 }
 
-impl TimeParts {
+impl TimeParts<'_> {
     /// Components present (hour = 1 ... fraction = 4).
     pub fn precision(&self) -> u8 {
         1 + u8::from(self.minute.is_some())
@@ -142,7 +142,7 @@ impl TimeParts {
         let fill = |v: Option<u32>, max: u32| v.unwrap_or(if high { max } else { 0 });
         let fraction = match &self.fraction {
             Some(f) => {
-                let mut f = f.clone();
+                let mut f = f.to_string();
                 while f.len() < 3 {
                     f.push(if high { '9' } else { '0' });
                 }
@@ -197,10 +197,7 @@ pub fn date_time_boundary_text(s: &str, high: bool) -> Option<String> {
         second: None,
         fraction: None,
     });
-    let tz = parts
-        .tz
-        .clone()
-        .unwrap_or_else(|| if high { "-12:00" } else { "+14:00" }.to_string());
+    let tz = parts.tz.unwrap_or(if high { "-12:00" } else { "+14:00" });
     Some(format!(
         "{}T{}{}",
         date_boundary(&parts, high),
