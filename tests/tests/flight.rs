@@ -655,7 +655,14 @@ fn limits_and_disconnects_leave_the_server_serving() {
     let lake = shared_lake();
     let server = serve(
         lake,
-        &["--query-memory", "8MiB", "--max-concurrent-queries", "1"],
+        &[
+            "--query-memory",
+            "8MiB",
+            "--max-concurrent-queries",
+            "1",
+            "--query-timeout",
+            "20",
+        ],
     );
     runtime().block_on(async {
         let mut client = login(&server, "analyst").await;
@@ -709,6 +716,23 @@ fn limits_and_disconnects_leave_the_server_serving() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(freed, "the dropped query's slot was not released");
+
+        // Over the time limit: a clear error, and the next query runs.
+        let err = query(
+            &mut other,
+            "SELECT count(*) FROM generate_series(1, 100000000000)",
+        )
+        .await
+        .unwrap_err();
+        assert!(err.contains("time limit"), "{err}");
+        assert_eq!(
+            single_i64(
+                &query(&mut other, "SELECT count(*) FROM patient")
+                    .await
+                    .unwrap()
+            ),
+            100
+        );
     });
     let audit = server.audit();
     let cancelled = audit
