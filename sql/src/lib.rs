@@ -4,12 +4,15 @@
 //! table version as a plain Parquet scan (see [`session`]) and writes query results in the formats
 //! the CLI offers (see [`format`]).
 
+pub mod flight;
 pub mod format;
+pub mod service;
 pub mod session;
 pub mod view;
 
 pub use format::{OutputFormat, write_stream};
-pub use session::{LakeSession, LakeTable};
+pub use service::{AsOf, Caller, QueryOptions, QueryService, Role, TableInfo};
+pub use session::{LakeSession, LakeTable, ScanTable};
 
 /// Errors of the query side.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,12 @@ pub enum Error {
     /// The requested output cannot be produced (e.g. Parquet to a terminal).
     #[error("{0}")]
     Output(String),
+    /// The Flight SQL server's user file or settings are unusable.
+    #[error("{0}")]
+    Server(String),
+    /// A role may not run this statement or read this table.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// A ViewDefinition is invalid; `path` is the JSON path of the offending element.
     #[error("invalid ViewDefinition at {path}: {reason}")]
     ViewDefinition {

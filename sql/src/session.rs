@@ -4,6 +4,8 @@
 //! [`ListingTable`] (not delta-rs' own table provider): the plan then contains nothing but Parquet
 //! scans, which any DataFusion executor (Ballista included) can run without custom codecs.
 //! Schemas: the default schema holds views, `raw` the de-identified resources, `lake` the run log.
+//! A session can be pinned to an earlier snapshot ([`pin_table`]) and given a per-query memory
+//! limit with spill to disk ([`limited_runtime`]).
 
 use std::sync::Arc;
 
@@ -15,11 +17,15 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::execution::disk_manager::DiskManagerBuilder;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use deltalake::DeltaTable;
 use object_store::ObjectStore;
 use url::Url;
 
+use crate::service::AsOf;
 use crate::{Error, Result};
 
 /// Name of the default catalog.
@@ -36,6 +42,23 @@ pub struct LakeTable {
     pub name: String,
     /// The loaded Delta table (its loaded version is what queries see).
     pub table: DeltaTable,
+}
+
+/// One table ready to register: its SQL place and the provider that scans it.
+#[derive(Clone)]
+pub struct ScanTable {
+    /// SQL schema.
+    pub schema: String,
+    /// SQL table name.
+    pub name: String,
+    /// The scan (from [`parquet_scan`]) or an in-memory table.
+    pub provider: Arc<dyn TableProvider>,
+}
+
+impl std::fmt::Debug for ScanTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ScanTable({}.{})", self.schema, self.name)
+    }
 }
 
 /// A query session over one snapshot of a lake.
@@ -59,11 +82,38 @@ impl LakeSession {
         tables: Vec<LakeTable>,
         stores: Vec<(Url, Arc<dyn ObjectStore>)>,
     ) -> Result<Self> {
+        let scans = tables
+            .iter()
+            .map(|t| {
+                Ok(ScanTable {
+                    schema: t.schema.clone(),
+                    name: t.name.clone(),
+                    provider: parquet_scan(t)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_scans(
+            scans,
+            &["raw", "lake"],
+            stores,
+            Arc::new(RuntimeEnv::default()),
+        )
+    }
+
+    /// Builds a session over already resolved scans (cheap: no I/O), creating the SQL schemas
+    /// `schemas` (besides the default one) even when they hold no table, with `runtime`'s memory
+    /// pool and spill settings. A server builds one per query from a cached snapshot.
+    pub fn from_scans(
+        tables: Vec<ScanTable>,
+        schemas: &[&str],
+        stores: Vec<(Url, Arc<dyn ObjectStore>)>,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<Self> {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true);
-        let mut ctx = SessionContext::new_with_config(config);
+        let mut ctx = SessionContext::new_with_config_rt(config, runtime);
         // JSON access into `raw.*.resource` (json_get_str, json_get_int, `->`, `->>` ...).
         datafusion_functions_json::register_all(&mut ctx)?;
         for (url, store) in stores {
@@ -72,14 +122,15 @@ impl LakeSession {
         let catalog = ctx
             .catalog(CATALOG)
             .ok_or_else(|| Error::Output("default catalog missing".into()))?;
-        for schema in ["raw", "lake"] {
+        for schema in schemas {
             catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
         }
-        for lake_table in tables {
-            let provider = parquet_scan(&lake_table)?;
-            let reference =
-                TableReference::full(CATALOG, lake_table.schema.clone(), lake_table.name.clone());
-            ctx.register_table(reference, provider)?;
+        for table in tables {
+            if catalog.schema(&table.schema).is_none() {
+                catalog.register_schema(&table.schema, Arc::new(MemorySchemaProvider::new()))?;
+            }
+            let reference = TableReference::full(CATALOG, table.schema, table.name);
+            ctx.register_table(reference, table.provider)?;
         }
         Ok(Self { ctx })
     }
@@ -95,8 +146,49 @@ impl LakeSession {
     }
 }
 
+/// A runtime whose memory pool holds at most `memory_limit` bytes (fair share between spilling
+/// operators, spill files in the OS temporary directory); `None` means unbounded.
+pub fn limited_runtime(memory_limit: Option<usize>) -> Result<Arc<RuntimeEnv>> {
+    let mut builder =
+        RuntimeEnvBuilder::new().with_disk_manager_builder(DiskManagerBuilder::default());
+    if let Some(limit) = memory_limit {
+        builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+    }
+    Ok(builder.build_arc()?)
+}
+
+/// Loads `table` at the snapshot pin. Returns `false` when the table did not exist at the pin
+/// (its history has no such version, or its first commit is newer than the instant).
+pub async fn pin_table(table: &mut DeltaTable, as_of: AsOf, sql_name: &str) -> Result<bool> {
+    let delta_err = |source| Error::Delta {
+        table: sql_name.to_string(),
+        source,
+    };
+    match as_of {
+        AsOf::Version(version) => {
+            let Ok(version) = u64::try_from(version) else {
+                return Ok(false);
+            };
+            if table.version().is_none_or(|latest| version > latest) {
+                return Ok(false);
+            }
+            table.load_version(version).await.map_err(delta_err)?;
+            Ok(true)
+        }
+        AsOf::Timestamp(instant) => {
+            table.load_with_datetime(instant).await.map_err(delta_err)?;
+            // delta-rs falls back to the oldest version when the instant precedes the table:
+            // check the loaded commit's time (the commit file's, as delta-rs' search uses).
+            let state = table.snapshot().map_err(delta_err)?;
+            Ok(state
+                .version_timestamp(state.version())
+                .is_none_or(|ts| ts <= instant.timestamp_millis()))
+        }
+    }
+}
+
 /// The table's current version as a plain Parquet scan over exactly its active files.
-fn parquet_scan(lake_table: &LakeTable) -> Result<Arc<dyn TableProvider>> {
+pub fn parquet_scan(lake_table: &LakeTable) -> Result<Arc<dyn TableProvider>> {
     let sql_name = format!("{}.{}", lake_table.schema, lake_table.name);
     let delta_err = |source| Error::Delta {
         table: sql_name.clone(),

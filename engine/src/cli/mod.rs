@@ -19,6 +19,8 @@ mod ingest;
 mod progress;
 mod query;
 mod quickstart;
+mod serve;
+mod user;
 mod view;
 
 use std::process::ExitCode;
@@ -59,6 +61,11 @@ enum Command {
     /// drop the views a lake maintains.
     #[command(subcommand)]
     View(view::ViewCommand),
+    /// Serve the lake over Arrow Flight SQL (BI tools, notebooks): users, roles, TLS, audit.
+    Serve(serve::ServeArgs),
+    /// Manage the Flight SQL server's users: add (argon2-hashed password), list, remove.
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 /// Entry point of the binary.
@@ -94,6 +101,8 @@ pub fn main() -> ExitCode {
             Command::History(args) => query::history(args).await,
             Command::Deid(command) => deid::run(command).await,
             Command::View(command) => view::run(command).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::User(command) => user::run(command),
         }
     });
     match result {

@@ -37,6 +37,11 @@ pub struct SqlArgs {
     #[command(flatten)]
     pub format: FormatArgs,
 
+    /// Read the lake as it was: a Delta table version (e.g. `3`) or a timestamp
+    /// (`2026-01-31T12:00:00Z`, `2026-01-31`). Tables that did not exist then are absent.
+    #[arg(long, env = "FHIRLAKE_AS_OF", value_name = "VERSION|TIMESTAMP")]
+    pub as_of: Option<fhirlake_sql::AsOf>,
+
     /// The SQL statement; `-` reads it from stdin. Tables: views in the default schema,
     /// `raw.<resource_type>`, `lake.runs`.
     #[arg(value_name = "QUERY")]
@@ -96,11 +101,35 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let lake = args.lake.open()?;
-    let session = lake.session().await?;
+    let session = match args.as_of {
+        None => lake.session().await?,
+        Some(as_of) => pinned_session(&lake, as_of).await?,
+    };
     let stream = session.sql(&query).await?.execute_stream().await?;
     let stdout = std::io::BufWriter::new(std::io::stdout());
     fhirlake_sql::write_stream(stream, args.format.format, stdout).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A session over the lake as of `as_of` (tables that did not exist then are left out).
+async fn pinned_session(
+    lake: &fhirlake::lake::Lake,
+    as_of: fhirlake_sql::AsOf,
+) -> anyhow::Result<fhirlake_sql::LakeSession> {
+    let mut tables = Vec::new();
+    for (id, mut table) in lake.load_all().await? {
+        if fhirlake_sql::session::pin_table(&mut table, as_of, &id.to_string()).await? {
+            tables.push(fhirlake_sql::LakeTable {
+                schema: id.group.sql_schema().to_string(),
+                name: id.name,
+                table,
+            });
+        }
+    }
+    Ok(fhirlake_sql::LakeSession::try_new(
+        tables,
+        vec![lake.store_registration()],
+    )?)
 }
 
 async fn print_batch(batch: RecordBatch, format: OutputFormat) -> anyhow::Result<()> {
