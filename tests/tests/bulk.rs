@@ -49,7 +49,13 @@ fn lake_counts(cwd: &Path) -> BTreeMap<String, usize> {
     raw_table_rows(cwd, "L")
         .into_iter()
         .filter(|(_, rows)| *rows > 0)
-        .map(|(table, rows)| (table.trim_start_matches("raw.").to_string(), rows as usize))
+        // `raw.allergy_intolerance` -> `allergyintolerance`, comparable with lower-cased type names.
+        .map(|(table, rows)| {
+            (
+                table.trim_start_matches("raw.").replace('_', ""),
+                rows as usize,
+            )
+        })
         .collect()
 }
 

@@ -474,8 +474,9 @@ fn token(state: &Arc<Mutex<Shared>>, body: &[u8], audience: &str) -> Response<Bo
     if header["alg"] != "ES384" || header["kid"] != client.public_jwk["kid"] {
         return oauth("invalid_client", "unknown key (alg/kid)");
     }
-    let jwk: p384::elliptic_curve::JwkEcKey =
-        serde_json::from_value(client.public_jwk.clone()).expect("public jwk");
+    // JwkEcKey takes the key members only (no `kid`).
+    let members = json!({"kty": "EC", "crv": "P-384", "x": client.public_jwk["x"], "y": client.public_jwk["y"]});
+    let jwk: p384::elliptic_curve::JwkEcKey = serde_json::from_value(members).expect("public jwk");
     let verifying =
         p384::ecdsa::VerifyingKey::from(p384::PublicKey::from_jwk(&jwk).expect("P-384 jwk"));
     let Ok(signature) = p384::ecdsa::Signature::from_slice(&signature) else {
