@@ -3,8 +3,9 @@
 //!
 //! The crate owns *where data comes from and how it is framed* (NDJSON lines, Bundle entries, manifest
 //! `deleted[]` entries), and the FHIR Bulk Data client ([`bulk`], with SMART Backend Services auth in
-//! [`smart`]) that downloads an export into such a landing folder. Parsing and validating NDJSON lines is left to the caller's worker pool, so that
-//! reading (I/O bound) and parsing (CPU bound) run on different threads.
+//! [`smart`]) that downloads an export into such a landing folder. Parsing and validating NDJSON lines
+//! is left to the caller's worker pool, so that reading (I/O bound) and parsing (CPU bound) run on
+//! different threads.
 
 pub mod bulk;
 pub mod error;
