@@ -31,6 +31,36 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    /// An HTTP request could not be sent or its response could not be read (network, TLS, timeout),
+    /// after the retries allowed.
+    #[error("{location}: {reason}")]
+    Http { location: String, reason: String },
+    /// A server answered with an error; `outcome` is the text of its OperationOutcome (or a note that
+    /// the body was not one, e.g. a proxy's HTML page).
+    #[error("{location}: HTTP {status}: {outcome}")]
+    Server {
+        location: String,
+        status: u16,
+        outcome: String,
+    },
+    /// A Bulk Data file or status URL is gone (404 / 410): the export expired on the server.
+    #[error(
+        "{location}: HTTP {status}: the export expired on the server (its files are gone); {hint}"
+    )]
+    ExportExpired {
+        location: String,
+        status: u16,
+        hint: String,
+    },
+    /// A downloaded file does not match its manifest entry (resource type, broken line).
+    #[error("{location}: {reason}")]
+    Download { location: String, reason: String },
+    /// SMART Backend Services: discovery, key or token problems.
+    #[error("{location}: {reason}")]
+    Auth { location: String, reason: String },
+    /// The resume state of a landing folder cannot be used.
+    #[error("{location}: {reason}")]
+    BulkState { location: String, reason: String },
     /// A local I/O operation failed.
     #[error("{location}: {source}")]
     Io {
@@ -49,6 +79,12 @@ impl Error {
             | Error::InvalidSource { location, .. }
             | Error::Manifest { location, .. }
             | Error::ObjectStore { location, .. }
+            | Error::Http { location, .. }
+            | Error::Server { location, .. }
+            | Error::ExportExpired { location, .. }
+            | Error::Download { location, .. }
+            | Error::Auth { location, .. }
+            | Error::BulkState { location, .. }
             | Error::Io { location, .. } => location,
         }
     }

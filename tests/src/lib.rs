@@ -5,6 +5,8 @@
 //! tests of the `fhirlake` package (declared in engine/Cargo.toml), so cargo builds the binary and
 //! tells them where it is.
 
+pub mod bulk_server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

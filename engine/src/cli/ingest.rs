@@ -1,4 +1,6 @@
-//! `fhirlake ingest`: validate the flags into a config, run the ingest, print the summary.
+//! `fhirlake ingest`: validate the flags into a config, run the ingest, print the summary. With `--bulk`
+//! the source is a FHIR server: the export is pulled into `<landing>/bulk` first (see `pull`), then
+//! that landing folder is ingested.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,13 +17,14 @@ use fhirlake_deid::Deidentifier;
 use super::args::{GlobalArgs, LakeArgs};
 use super::deid::DeidOptions;
 use super::progress::CliObserver;
+use super::pull::{AuthArgs, ExportArgs, print_pull_summary};
 use super::{EXIT_FAILED, EXIT_REJECTS};
 
 /// `fhirlake ingest` flags.
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     /// Files, directories, globs, `file://` / `s3://` URLs or Bulk Data landing folders
-    /// (a folder with the export's manifest.json).
+    /// (a folder with the export's manifest.json); with `--bulk`, one FHIR server base URL.
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
 
@@ -30,6 +33,16 @@ pub struct IngestArgs {
 
     #[command(flatten)]
     pub ingest: IngestOptions,
+
+    /// SOURCE is a FHIR server: run a Bulk Data export ($export) into <landing>/bulk and ingest it.
+    #[arg(long, env = "FHIRLAKE_BULK")]
+    pub bulk: bool,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Ingest options shared with `quickstart`.
@@ -85,6 +98,22 @@ impl IngestOptions {
 
 /// Runs `fhirlake ingest`.
 pub async fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    if args.bulk {
+        let [base_url] = args.sources.as_slice() else {
+            bail!("--bulk takes exactly one SOURCE: the FHIR server base URL");
+        };
+        let request = args.export.request(base_url)?;
+        return ingest_bulk(
+            request,
+            &args.export,
+            &args.auth,
+            &args.lake,
+            &args.ingest,
+            global,
+            "run the same `fhirlake ingest --bulk` again to start a new export",
+        )
+        .await;
+    }
     // Validate everything before any I/O.
     let deid = args.ingest.deidentifier()?;
     let lake = args.lake.open()?;
@@ -196,4 +225,72 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Pulls the export `request` into `<landing>/bulk`, ingests that folder, and records the export in
+/// `lake.runs` (for `fhirlake sync`). The pulled folder is removed after a successful ingest (it holds
+/// identified data); after a failure it stays, and the same command resumes or re-ingests it.
+///
+/// The ingest starts once every file is downloaded (files are not yet streamed into the pipeline while
+/// others download).
+pub async fn ingest_bulk(
+    request: fhirlake_connectors::bulk::ExportRequest,
+    export: &ExportArgs,
+    auth: &AuthArgs,
+    lake_args: &LakeArgs,
+    options: &IngestOptions,
+    global: &GlobalArgs,
+    rerun_hint: &str,
+) -> anyhow::Result<ExitCode> {
+    // Validate everything before any I/O.
+    let deid = options.deidentifier()?;
+    let lake = lake_args.open()?;
+    let pull_dir = options.landing.join("bulk");
+    let auth = auth.connect(&request.base_url).await?;
+    let pull_options = export.options(&pull_dir, auth, global.quiet, rerun_hint)?;
+    let summary = fhirlake_connectors::bulk::pull(&request, &pull_options).await?;
+    drop(pull_options);
+    if !global.quiet {
+        print_pull_summary(&summary)?;
+    } else {
+        for warning in &summary.warnings {
+            eprintln!("warning: {warning}");
+        }
+        for error in &summary.errors {
+            eprintln!("server error[]: {error}");
+        }
+    }
+    let mut remembered = request.clone();
+    remembered.since = None;
+    let record = fhirlake::lake::runs::ExportRecord {
+        base_url: request.base_url.clone(),
+        request: serde_json::to_string(&remembered)?,
+        transaction_time: summary.transaction_time.clone(),
+    };
+    let observer = Arc::new(CliObserver::new(global.quiet));
+    let ingest = Ingest::new(vec![pull_dir.display().to_string()], lake.clone(), deid)
+        .with_observer(observer.clone())
+        .with_export(Some(record));
+    let ingest = options.configure(ingest)?;
+    let result = ingest.run().await;
+    observer.finish();
+    match result {
+        Ok(report) => {
+            print_summary(&report, lake.url().as_str())?;
+            if let Err(e) = std::fs::remove_dir_all(&pull_dir) {
+                eprintln!("warning: could not remove {}: {e}", pull_dir.display());
+            }
+            Ok(exit_code(&report))
+        }
+        Err(e @ fhirlake::Error::TooManyRejects { .. }) => {
+            eprintln!("error: {e}");
+            eprintln!(
+                "rejected lines are kept in {}; the export stays in {}",
+                options.landing.join("rejected").display(),
+                pull_dir.display()
+            );
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -17,9 +17,11 @@ mod config;
 mod deid;
 mod ingest;
 mod progress;
+mod pull;
 mod query;
 mod quickstart;
 mod serve;
+mod sync;
 mod user;
 mod view;
 
@@ -48,6 +50,10 @@ enum Command {
     Quickstart(quickstart::QuickstartArgs),
     /// Ingest FHIR NDJSON / Bundle files, folders, globs, object-store URLs or Bulk Data landing folders.
     Ingest(ingest::IngestArgs),
+    /// Download a FHIR Bulk Data export ($export) into a landing folder (resumable).
+    Pull(pull::PullArgs),
+    /// Incremental Bulk Data export into the lake: `_since` the last export's transactionTime.
+    Sync(sync::SyncArgs),
     /// Run SQL over the lake.
     Sql(query::SqlArgs),
     /// List the lake's tables: rows, Delta version, files, size.
@@ -96,6 +102,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Quickstart(args) => quickstart::run(args, &cli.global).await,
             Command::Ingest(args) => ingest::run(args, &cli.global).await,
+            Command::Pull(args) => pull::run(args, &cli.global).await,
+            Command::Sync(args) => sync::run(args, &cli.global).await,
             Command::Sql(args) => query::sql(args).await,
             Command::Tables(args) => query::tables(args).await,
             Command::History(args) => query::history(args).await,

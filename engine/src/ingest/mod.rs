@@ -25,7 +25,7 @@ use chrono::Utc;
 use fhirlake_connectors::{ItemPosition, StoreOptions, plan_sources};
 use fhirlake_deid::Deidentifier;
 
-use crate::lake::runs::{RunRecord, record_run};
+use crate::lake::runs::{ExportRecord, RunRecord, record_run};
 use crate::lake::{DeidStamp, Lake, TableId};
 use crate::{Error, Result};
 pub use observer::{IngestObserver, Silent};
@@ -80,6 +80,7 @@ pub struct Ingest {
     max_rejects: Option<u64>,
     workers: usize,
     observer: Arc<dyn IngestObserver>,
+    export: Option<ExportRecord>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -107,7 +108,14 @@ impl Ingest {
             max_rejects: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             observer: Arc::new(Silent),
+            export: None,
         }
+    }
+
+    /// Records in `lake.runs` the Bulk Data export the sources come from (for `fhirlake sync`).
+    pub fn with_export(mut self, export: Option<ExportRecord>) -> Self {
+        self.export = export;
+        self
     }
 
     /// Landing zone for rejected lines and staging files (default `./landing`).
@@ -285,6 +293,7 @@ impl Ingest {
             counts: staged.counts,
             table_versions,
             landing: Some(self.landing.display().to_string()),
+            export: self.export.clone(),
         };
         self.observer.phase("recording the run in lake.runs");
         let runs_version = record_run(&self.lake, &record).await?;

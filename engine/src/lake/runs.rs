@@ -93,6 +93,19 @@ pub struct RunRecord {
     pub table_versions: BTreeMap<String, i64>,
     /// Landing zone location (where rejected lines are kept).
     pub landing: Option<String>,
+    /// The Bulk Data export the run ingested (`fhirlake ingest --bulk`, `fhirlake sync`).
+    pub export: Option<ExportRecord>,
+}
+
+/// The Bulk Data export a run ingested: what `fhirlake sync` needs for the next incremental export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRecord {
+    /// The FHIR server's base URL.
+    pub base_url: String,
+    /// The export settings (JSON of the connector's `ExportRequest`).
+    pub request: String,
+    /// The manifest's `transactionTime`: the `_since` of the next incremental export.
+    pub transaction_time: String,
 }
 
 impl RunRecord {
@@ -113,6 +126,7 @@ impl RunRecord {
             ) as ArrayRef
         };
         let string = |s: &str| Arc::new(StringArray::from(vec![s])) as ArrayRef;
+        let optional = |s: Option<&str>| Arc::new(StringArray::from(vec![s])) as ArrayRef;
         let int = |n: u64| Arc::new(Int64Array::from(vec![n as i64])) as ArrayRef;
 
         let mut sources = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(
@@ -207,6 +221,9 @@ impl RunRecord {
             Arc::new(versions.finish()),
             Arc::new(StringArray::from(vec![self.landing.as_deref()])),
             string(env!("CARGO_PKG_VERSION")),
+            optional(self.export.as_ref().map(|e| e.base_url.as_str())),
+            optional(self.export.as_ref().map(|e| e.request.as_str())),
+            optional(self.export.as_ref().map(|e| e.transaction_time.as_str())),
         ];
         RecordBatch::try_new(RUNS_SCHEMA.clone(), columns).map_err(|e| Error::Staging {
             table: TableId::runs().to_string(),
@@ -230,4 +247,46 @@ pub async fn record_run(lake: &Lake, record: &RunRecord) -> Result<i64> {
         .await
         .map_err(|e| Error::delta(&id, e))?;
     Ok(table.version().unwrap_or_default() as i64)
+}
+
+/// The export of the last successful run that ingested one, `None` when there is none (also for lakes
+/// written before `lake.runs` had the export columns).
+pub async fn last_export(lake: &Lake) -> Result<Option<ExportRecord>> {
+    if !lake.table_exists(&TableId::runs()).await? {
+        return Ok(None);
+    }
+    let session = lake.session().await?;
+    let probe = session.sql("SELECT * FROM lake.runs LIMIT 0").await?;
+    let has_columns = ["bulk_base_url", "bulk_request", "transaction_time"]
+        .iter()
+        .all(|c| probe.schema().has_column_with_unqualified_name(c));
+    if !has_columns {
+        return Ok(None);
+    }
+    let batches = session
+        .sql(
+            "SELECT bulk_base_url, bulk_request, transaction_time FROM lake.runs \
+             WHERE transaction_time IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
+        )
+        .await?
+        .collect()
+        .await
+        .map_err(|e| Error::Internal(format!("reading lake.runs: {e}")))?;
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let column = |i: usize| -> Result<String> {
+        let array = arrow::compute::cast(batch.column(i), &DataType::Utf8)
+            .map_err(|e| Error::Internal(format!("reading lake.runs: {e}")))?;
+        let strings = array
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::Internal("lake.runs export columns are not text".into()))?;
+        Ok(strings.value(0).to_string())
+    };
+    Ok(Some(ExportRecord {
+        base_url: column(0)?,
+        request: column(1)?,
+        transaction_time: column(2)?,
+    }))
 }

@@ -87,5 +87,9 @@ pub static RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("table_versions", list_of(table_version_fields()), false),
         Field::new("landing", DataType::Utf8, true),
         Field::new("fhirlake_version", DataType::Utf8, false),
+        // Added with the Bulk Data client (nullable: older lakes gain them by schema merge).
+        Field::new("bulk_base_url", DataType::Utf8, true),
+        Field::new("bulk_request", DataType::Utf8, true),
+        Field::new("transaction_time", DataType::Utf8, true),
     ]))
 });

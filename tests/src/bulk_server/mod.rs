@@ -1,0 +1,873 @@
+//! A mock FHIR Bulk Data server (Bulk Data Access IG 2.0 + SMART Backend Services), written from the
+//! IG for the end-to-end tests: kick-off at system / Patient / Group level (GET or POST `Parameters`),
+//! status polling with `X-Progress`, a completion manifest with `output[]`, `deleted[]` and `error[]`,
+//! NDJSON downloads (gzip when asked), `DELETE` of the status URL, `_type` and `_since`, and a token
+//! endpoint that verifies ES384 client assertions against a registered public JWK.
+//!
+//! The data are the files of a Synthea export folder; `multiplier` simulates N times the patients by
+//! copying every resource with a suffixed id. [`Faults`] injects the failures the client must survive.
+//! It listens on 127.0.0.1 (port 0) in its own runtime thread and stops when dropped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+/// Bytes per body chunk of a download.
+const CHUNK: usize = 4 * 1024;
+/// Lines per output file (larger types are split like real servers do).
+const FILE_LINES: usize = 5000;
+
+/// Failures to inject.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// 202 answers (with `X-Progress`) before the manifest.
+    pub polls_before_ready: u32,
+    /// A 429 on the kick-off with this `Retry-After`.
+    pub kickoff_429: Option<String>,
+    /// One 429 per entry on the first status polls, with that `Retry-After` value.
+    pub status_429: Vec<String>,
+    /// 500s with a transient OperationOutcome on status polls.
+    pub status_transient_500: u32,
+    /// 502s with an HTML body (a proxy) on status polls.
+    pub status_proxy_502: u32,
+    /// Files of this type answer 410 Gone.
+    pub gone_type: Option<String>,
+    /// The first download of each file of this type is cut off midway.
+    pub cut_type: Option<String>,
+    /// The manifest `count` of this type's files is 5 too high.
+    pub wrong_count_type: Option<String>,
+    /// OperationOutcomes in an `error[]` file.
+    pub error_outcomes: u32,
+    /// Pause between 4 KiB chunks of a download.
+    pub chunk_delay: Duration,
+}
+
+/// A registered SMART Backend Services client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub client_id: String,
+    /// The public JWK (ES384, P-384) with its `kid`.
+    pub public_jwk: Value,
+    /// Lifetime of the access tokens issued.
+    pub token_lifetime: Duration,
+}
+
+/// A registered client with a fixed test key (P-384): returns it and the path of its private JWKS file,
+/// written into `dir`.
+pub fn test_client(dir: &Path, token_lifetime: Duration) -> (Client, std::path::PathBuf) {
+    let secret = p384::SecretKey::from_slice(&[11u8; 48]).expect("test key");
+    let mut private: Value = serde_json::from_str(&secret.to_jwk_string()).expect("jwk");
+    private["kid"] = json!("test-key-1");
+    private["alg"] = json!("ES384");
+    let mut public: Value =
+        serde_json::from_str(&secret.public_key().to_jwk_string()).expect("jwk");
+    public["kid"] = json!("test-key-1");
+    let path = dir.join("private.jwks.json");
+    std::fs::write(&path, json!({"keys": [private]}).to_string()).expect("write key");
+    (
+        Client {
+            client_id: "fhirlake-test".into(),
+            public_jwk: public,
+            token_lifetime,
+        },
+        path,
+    )
+}
+
+/// What the server saw (for assertions).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub kickoffs: u32,
+    pub kickoff_methods: Vec<String>,
+    pub status_polls: u32,
+    pub status_deletes: u32,
+    /// Requests per file name.
+    pub file_requests: HashMap<String, u32>,
+    pub tokens_issued: u32,
+    pub unauthorized: u32,
+    pub since_values: Vec<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+struct Resource {
+    id: String,
+    line: String,
+    changed: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug)]
+struct ExportFile {
+    name: String,
+    resource_type: String,
+    body: Bytes,
+    count: usize,
+    kind: &'static str,
+}
+
+#[derive(Debug)]
+struct Job {
+    polls: u32,
+    transaction_time: String,
+    request: String,
+    files: Vec<ExportFile>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    faults: Faults,
+    client: Option<Client>,
+    data: BTreeMap<String, Vec<Resource>>,
+    deletions: Vec<(String, String, chrono::DateTime<chrono::Utc>)>,
+    jobs: HashMap<u64, Job>,
+    next_job: u64,
+    counters: Counters,
+    tokens: HashMap<String, Instant>,
+    jtis: HashSet<String>,
+    cut_done: HashSet<String>,
+    status_429_sent: usize,
+    kickoff_429_sent: bool,
+}
+
+/// The running mock server.
+pub struct MockBulkServer {
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockBulkServer {
+    /// Starts a server over the `*.ndjson.gz` files of `data_dir`, `multiplier` copies of each.
+    pub fn start(data_dir: &Path, multiplier: u32, faults: Faults, client: Option<Client>) -> Self {
+        let data = load(data_dir, multiplier.max(1));
+        let shared = Arc::new(Mutex::new(Shared {
+            faults,
+            client,
+            data,
+            ..Shared::default()
+        }));
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("local addr");
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let state = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                let service = hyper::service::service_fn(move |req| {
+                                    let state = state.clone();
+                                    async move { Ok::<_, Infallible>(handle(req, state, addr).await) }
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        });
+        MockBulkServer {
+            addr,
+            shared,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/fhir`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/fhir", self.addr.port())
+    }
+
+    /// What the server saw so far.
+    pub fn counters(&self) -> Counters {
+        self.shared.lock().unwrap().counters.clone()
+    }
+
+    /// Replaces the faults.
+    pub fn set_faults(&self, faults: Faults) {
+        let mut shared = self.shared.lock().unwrap();
+        shared.faults = faults;
+        shared.status_429_sent = 0;
+        shared.kickoff_429_sent = false;
+    }
+
+    /// Resources per type that a full export of `types` (all when empty) returns now.
+    pub fn expected_counts(&self, types: &[&str]) -> BTreeMap<String, usize> {
+        let shared = self.shared.lock().unwrap();
+        shared
+            .data
+            .iter()
+            .filter(|(t, _)| types.is_empty() || types.contains(&t.as_str()))
+            .map(|(t, r)| (t.clone(), r.len()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Ids of the first `n` resources of a type.
+    pub fn ids(&self, resource_type: &str, n: usize) -> Vec<String> {
+        let shared = self.shared.lock().unwrap();
+        shared.data[resource_type]
+            .iter()
+            .take(n)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// Changes a resource now (it is in the next `_since` export): sets `meta.lastUpdated` to now and
+    /// `field` to `value`.
+    pub fn update(&self, resource_type: &str, id: &str, field: &str, value: Value) {
+        let mut shared = self.shared.lock().unwrap();
+        let now = chrono::Utc::now();
+        let resource = shared
+            .data
+            .get_mut(resource_type)
+            .and_then(|rs| rs.iter_mut().find(|r| r.id == id))
+            .expect("resource to update");
+        let mut doc: Value = serde_json::from_str(&resource.line).unwrap();
+        doc[field] = value;
+        doc["meta"] =
+            json!({"lastUpdated": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)});
+        resource.line = doc.to_string();
+        resource.changed = Some(now);
+    }
+
+    /// Deletes a resource now (listed in `deleted[]` of the next `_since` export).
+    pub fn delete(&self, resource_type: &str, id: &str) {
+        let mut shared = self.shared.lock().unwrap();
+        let now = chrono::Utc::now();
+        if let Some(resources) = shared.data.get_mut(resource_type) {
+            resources.retain(|r| r.id != id);
+        }
+        shared
+            .deletions
+            .push((resource_type.to_string(), id.to_string(), now));
+    }
+}
+
+impl Drop for MockBulkServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn load(dir: &Path, multiplier: u32) -> BTreeMap<String, Vec<Resource>> {
+    let mut data: BTreeMap<String, Vec<Resource>> = BTreeMap::new();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .expect("data dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".ndjson.gz"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let file = std::fs::File::open(&path).expect("data file");
+        let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
+        for line in reader.lines() {
+            let line = line.expect("line");
+            if line.trim().is_empty() {
+                continue;
+            }
+            let head: Value = serde_json::from_str(&line).expect("json");
+            let resource_type = head["resourceType"].as_str().unwrap().to_string();
+            let id = head["id"].as_str().unwrap().to_string();
+            let entry = data.entry(resource_type).or_default();
+            for copy in 0..multiplier {
+                if copy == 0 {
+                    entry.push(Resource {
+                        id: id.clone(),
+                        line: line.clone(),
+                        changed: None,
+                    });
+                } else {
+                    // The first `"id":"…"` of a Synthea line is the resource's own id.
+                    let new_id = format!("{id}-{copy}");
+                    let line = line.replacen(
+                        &format!("\"id\":\"{id}\""),
+                        &format!("\"id\":\"{new_id}\""),
+                        1,
+                    );
+                    entry.push(Resource {
+                        id: new_id,
+                        line,
+                        changed: None,
+                    });
+                }
+            }
+        }
+    }
+    data
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(
+            Full::new(body.into())
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+fn outcome(status: StatusCode, code: &str, text: &str) -> Response<Body> {
+    let body = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]});
+    full(status, "application/fhir+json", body.to_string())
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<Shared>>,
+    addr: SocketAddr,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let headers = req.headers().clone();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    if path == "/fhir/.well-known/smart-configuration" {
+        return full(
+            StatusCode::OK,
+            "application/json",
+            json!({
+                "token_endpoint": format!("{base}/auth/token"),
+                "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+                "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+                "scopes_supported": ["system/*.rs", "system/*.read"],
+                "capabilities": ["client-confidential-asymmetric", "permission-v2"],
+            })
+            .to_string(),
+        );
+    }
+    if path == "/auth/token" && method == Method::POST {
+        return token(&state, &body, &format!("{base}/auth/token"));
+    }
+    // Every other endpoint needs a valid token when a client is registered.
+    {
+        let mut shared = state.lock().unwrap();
+        if shared.client.is_some() {
+            let token = header("authorization")
+                .strip_prefix("Bearer ")
+                .map(str::to_owned);
+            let valid = token
+                .as_ref()
+                .and_then(|t| shared.tokens.get(t))
+                .is_some_and(|expiry| Instant::now() < *expiry);
+            if !valid {
+                shared.counters.unauthorized += 1;
+                return outcome(
+                    StatusCode::UNAUTHORIZED,
+                    "login",
+                    "missing, unknown or expired access token",
+                );
+            }
+        }
+    }
+    let is_group_export = path
+        .strip_prefix("/fhir/Group/")
+        .and_then(|rest| rest.strip_suffix("/$export"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+    if path == "/fhir/$export" || path == "/fhir/Patient/$export" || is_group_export {
+        return kickoff(&state, &method, &path, &query, &headers, &body, &base);
+    }
+    if let Some(job) = path.strip_prefix("/fhir/bulkstatus/") {
+        let job: u64 = job.parse().unwrap_or(u64::MAX);
+        return status(&state, &method, job, &base);
+    }
+    if let Some(rest) = path.strip_prefix("/fhir/bulkfiles/") {
+        let (job, name) = rest.split_once('/').unwrap_or(("", ""));
+        return file(
+            &state,
+            job.parse().unwrap_or(u64::MAX),
+            name,
+            header("accept-encoding").contains("gzip"),
+        )
+        .await;
+    }
+    outcome(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
+}
+
+fn token(state: &Arc<Mutex<Shared>>, body: &[u8], audience: &str) -> Response<Body> {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    let oauth = |error: &str, text: &str| {
+        full(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            json!({"error": error, "error_description": text}).to_string(),
+        )
+    };
+    let mut shared = state.lock().unwrap();
+    let Some(client) = shared.client.clone() else {
+        return oauth("invalid_client", "no client registered");
+    };
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth("unsupported_grant_type", "client_credentials expected");
+    }
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return oauth("invalid_request", "client_assertion_type");
+    }
+    if !form.get("scope").is_some_and(|s| s.starts_with("system/")) {
+        return oauth("invalid_scope", "system scopes only");
+    }
+    let Some(assertion) = form.get("client_assertion") else {
+        return oauth("invalid_request", "no client_assertion");
+    };
+    let parts: Vec<&str> = assertion.split('.').collect();
+    if parts.len() != 3 {
+        return oauth("invalid_client", "not a JWS");
+    }
+    let decode = |s: &str| URL_SAFE_NO_PAD.decode(s).ok();
+    let (Some(header), Some(claims), Some(signature)) =
+        (decode(parts[0]), decode(parts[1]), decode(parts[2]))
+    else {
+        return oauth("invalid_client", "bad base64url");
+    };
+    let header: Value = serde_json::from_slice(&header).unwrap_or_default();
+    let claims: Value = serde_json::from_slice(&claims).unwrap_or_default();
+    if header["alg"] != "ES384" || header["kid"] != client.public_jwk["kid"] {
+        return oauth("invalid_client", "unknown key (alg/kid)");
+    }
+    // JwkEcKey takes the key members only (no `kid`).
+    let members = json!({"kty": "EC", "crv": "P-384", "x": client.public_jwk["x"], "y": client.public_jwk["y"]});
+    let jwk: p384::elliptic_curve::JwkEcKey = serde_json::from_value(members).expect("public jwk");
+    let verifying =
+        p384::ecdsa::VerifyingKey::from(p384::PublicKey::from_jwk(&jwk).expect("P-384 jwk"));
+    let Ok(signature) = p384::ecdsa::Signature::from_slice(&signature) else {
+        return oauth("invalid_client", "bad signature encoding");
+    };
+    use p384::ecdsa::signature::Verifier;
+    if verifying
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+        .is_err()
+    {
+        return oauth("invalid_client", "signature does not verify");
+    }
+    let now = chrono::Utc::now().timestamp();
+    let exp = claims["exp"].as_i64().unwrap_or(0);
+    if claims["iss"] != client.client_id.as_str()
+        || claims["sub"] != client.client_id.as_str()
+        || claims["aud"] != audience
+        || exp <= now
+        || exp > now + 305
+    {
+        return oauth("invalid_client", "iss/sub/aud/exp");
+    }
+    let jti = claims["jti"].as_str().unwrap_or_default().to_string();
+    if jti.is_empty() || !shared.jtis.insert(jti) {
+        return oauth("invalid_client", "jti missing or reused");
+    }
+    shared.counters.tokens_issued += 1;
+    let token = format!("token-{}", shared.counters.tokens_issued);
+    shared
+        .tokens
+        .insert(token.clone(), Instant::now() + client.token_lifetime);
+    full(
+        StatusCode::OK,
+        "application/json",
+        json!({
+            "access_token": token, "token_type": "bearer",
+            "expires_in": client.token_lifetime.as_secs_f64(), "scope": form["scope"],
+        })
+        .to_string(),
+    )
+}
+
+fn kickoff(
+    state: &Arc<Mutex<Shared>>,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+    base: &str,
+) -> Response<Body> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    if header("accept") != "application/fhir+json" {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "Accept must be application/fhir+json",
+        );
+    }
+    if !header("prefer").contains("respond-async") {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "Prefer: respond-async required",
+        );
+    }
+    let mut params: Vec<(String, String)> = Vec::new();
+    if method == Method::GET {
+        params = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+    } else if method == Method::POST {
+        let doc: Value = match serde_json::from_slice(body) {
+            Ok(doc) => doc,
+            Err(_) => return outcome(StatusCode::BAD_REQUEST, "invalid", "body is not JSON"),
+        };
+        if doc["resourceType"] != "Parameters" {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "body must be a Parameters resource",
+            );
+        }
+        for p in doc["parameter"].as_array().cloned().unwrap_or_default() {
+            let name = p["name"].as_str().unwrap_or_default().to_string();
+            let value = ["valueString", "valueInstant", "valueCode"]
+                .iter()
+                .find_map(|k| p[*k].as_str().map(str::to_owned))
+                .or_else(|| p["valueReference"]["reference"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            params.push((name, value));
+        }
+    } else {
+        return outcome(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            "GET or POST",
+        );
+    }
+    let mut shared = state.lock().unwrap();
+    if let Some(retry_after) = shared.faults.kickoff_429.clone()
+        && !shared.kickoff_429_sent
+    {
+        shared.kickoff_429_sent = true;
+        let mut response = outcome(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "too many exports",
+        );
+        response
+            .headers_mut()
+            .insert("retry-after", retry_after.parse().unwrap());
+        return response;
+    }
+    let types: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "_type")
+        .flat_map(|(_, v)| v.split(',').map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let since = params
+        .iter()
+        .find(|(k, _)| k == "_since")
+        .map(|(_, v)| v.clone());
+    let since_time = match since.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+        Some(Ok(t)) => Some(t.with_timezone(&chrono::Utc)),
+        Some(Err(_)) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "_since is not an instant",
+            );
+        }
+        None => None,
+    };
+    shared.counters.kickoffs += 1;
+    shared
+        .counters
+        .kickoff_methods
+        .push(format!("{method} {path}"));
+    shared.counters.since_values.push(since.clone());
+    let job_id = shared.next_job;
+    shared.next_job += 1;
+    let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut files = Vec::new();
+    for (resource_type, resources) in &shared.data {
+        if !types.is_empty() && !types.contains(resource_type) {
+            continue;
+        }
+        let selected: Vec<&Resource> = resources
+            .iter()
+            .filter(|r| match since_time {
+                Some(since) => r.changed.is_some_and(|c| c > since),
+                None => true,
+            })
+            .collect();
+        for (part, chunk) in selected.chunks(FILE_LINES).enumerate() {
+            let mut body = Vec::new();
+            for r in chunk {
+                body.extend_from_slice(r.line.as_bytes());
+                body.push(b'\n');
+            }
+            files.push(ExportFile {
+                name: format!("{}.{}.ndjson", resource_type, part + 1),
+                resource_type: resource_type.clone(),
+                body: body.into(),
+                count: chunk.len(),
+                kind: "output",
+            });
+        }
+    }
+    if let Some(since) = since_time {
+        let deleted: Vec<String> = shared
+            .deletions
+            .iter()
+            .filter(|(t, _, at)| *at > since && (types.is_empty() || types.contains(t)))
+            .map(|(t, id, _)| {
+                json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                    {"request": {"method": "DELETE", "url": format!("{t}/{id}")}}
+                ]})
+                .to_string()
+            })
+            .collect();
+        if !deleted.is_empty() {
+            files.push(ExportFile {
+                name: "deleted.ndjson".into(),
+                resource_type: "Bundle".into(),
+                count: deleted.len(),
+                body: (deleted.join("\n") + "\n").into_bytes().into(),
+                kind: "deleted",
+            });
+        }
+    }
+    if shared.faults.error_outcomes > 0 {
+        let lines: Vec<String> = (0..shared.faults.error_outcomes)
+            .map(|i| json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing", "diagnostics": format!("export error number {i}")}]}).to_string())
+            .collect();
+        files.push(ExportFile {
+            name: "errors.ndjson".into(),
+            resource_type: "OperationOutcome".into(),
+            count: lines.len(),
+            body: (lines.join("\n") + "\n").into_bytes().into(),
+            kind: "error",
+        });
+    }
+    let request = format!(
+        "{base}{path}{}",
+        if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        }
+    );
+    shared.jobs.insert(
+        job_id,
+        Job {
+            polls: 0,
+            transaction_time,
+            request,
+            files,
+        },
+    );
+    Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(
+            "content-location",
+            format!("{base}/fhir/bulkstatus/{job_id}"),
+        )
+        .body(
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+fn status(state: &Arc<Mutex<Shared>>, method: &Method, job_id: u64, base: &str) -> Response<Body> {
+    let mut shared = state.lock().unwrap();
+    if method == Method::DELETE {
+        return if shared.jobs.remove(&job_id).is_some() {
+            shared.counters.status_deletes += 1;
+            full(StatusCode::ACCEPTED, "application/fhir+json", "")
+        } else {
+            outcome(StatusCode::NOT_FOUND, "not-found", "no such export")
+        };
+    }
+    shared.counters.status_polls += 1;
+    if shared.faults.status_proxy_502 > 0 {
+        shared.faults.status_proxy_502 -= 1;
+        return full(
+            StatusCode::BAD_GATEWAY,
+            "text/html",
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+        );
+    }
+    if shared.faults.status_transient_500 > 0 {
+        shared.faults.status_transient_500 -= 1;
+        return outcome(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "transient",
+            "database busy, retry",
+        );
+    }
+    if shared.status_429_sent < shared.faults.status_429.len() {
+        let value = shared.faults.status_429[shared.status_429_sent].clone();
+        shared.status_429_sent += 1;
+        let mut response = outcome(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "polling too fast",
+        );
+        response
+            .headers_mut()
+            .insert("retry-after", value.parse().unwrap());
+        return response;
+    }
+    let faults = shared.faults.clone();
+    let requires_token = shared.client.is_some();
+    let Some(job) = shared.jobs.get_mut(&job_id) else {
+        return outcome(StatusCode::NOT_FOUND, "not-found", "no such export");
+    };
+    if job.polls < faults.polls_before_ready {
+        job.polls += 1;
+        let percent = 100 * job.polls / (faults.polls_before_ready + 1);
+        return Response::builder()
+            .status(StatusCode::ACCEPTED)
+            .header("x-progress", format!("{percent}% complete"))
+            .header("retry-after", "1")
+            .body(
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .unwrap();
+    }
+    let entry = |f: &ExportFile| {
+        let count = if faults.wrong_count_type.as_deref() == Some(f.resource_type.as_str()) {
+            f.count + 5
+        } else {
+            f.count
+        };
+        json!({"type": f.resource_type, "url": format!("{base}/fhir/bulkfiles/{job_id}/{}", f.name), "count": count})
+    };
+    let of = |kind: &str| {
+        job.files
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(entry)
+            .collect::<Vec<_>>()
+    };
+    let manifest = json!({
+        "transactionTime": job.transaction_time,
+        "request": job.request,
+        "requiresAccessToken": requires_token,
+        "outputOrganizedBy": "",
+        "output": of("output"),
+        "deleted": of("deleted"),
+        "error": of("error"),
+        "extension": {"mock": true},
+    });
+    full(StatusCode::OK, "application/json", manifest.to_string())
+}
+
+async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -> Response<Body> {
+    let (body, cut, delay) = {
+        let mut shared = state.lock().unwrap();
+        *shared
+            .counters
+            .file_requests
+            .entry(name.to_string())
+            .or_default() += 1;
+        let faults = shared.faults.clone();
+        let Some(file) = shared
+            .jobs
+            .get(&job_id)
+            .and_then(|j| j.files.iter().find(|f| f.name == name))
+        else {
+            return outcome(StatusCode::NOT_FOUND, "not-found", "no such file");
+        };
+        if faults.gone_type.as_deref() == Some(file.resource_type.as_str()) {
+            return outcome(StatusCode::GONE, "not-found", "file expired");
+        }
+        let body = file.body.clone();
+        let cut = faults.cut_type.as_deref() == Some(file.resource_type.as_str())
+            && shared.cut_done.insert(name.to_string());
+        (body, cut, faults.chunk_delay)
+    };
+    let body = if gzip {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&body).unwrap();
+        Bytes::from(encoder.finish().unwrap())
+    } else {
+        body
+    };
+    let length = body.len();
+    let send_until = if cut { length / 2 } else { length };
+    let chunks: Vec<Bytes> = (0..send_until)
+        .step_by(CHUNK)
+        .map(|start| body.slice(start..(start + CHUNK).min(send_until)))
+        .collect();
+    let stream = futures::stream::unfold(
+        (chunks.into_iter(), cut, delay),
+        |(mut chunks, cut, delay)| async move {
+            match chunks.next() {
+                Some(chunk) => {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Some((Ok(Frame::data(chunk)), (chunks, cut, delay)))
+                }
+                None if cut => Some((
+                    Err(std::io::Error::other("connection cut")),
+                    (chunks, false, delay),
+                )),
+                None => None,
+            }
+        },
+    );
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/fhir+ndjson")
+        .header("content-length", length);
+    if gzip {
+        response = response.header("content-encoding", "gzip");
+    }
+    response
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap()
+}
