@@ -5,6 +5,7 @@
 //! the CLI offers (see [`format`]).
 
 pub mod format;
+pub mod functions;
 pub mod session;
 pub mod view;
 
