@@ -19,6 +19,7 @@ mod ingest;
 mod progress;
 mod query;
 mod quickstart;
+mod shell;
 mod view;
 
 use std::process::ExitCode;

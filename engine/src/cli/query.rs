@@ -38,9 +38,13 @@ pub struct SqlArgs {
     pub format: FormatArgs,
 
     /// The SQL statement; `-` reads it from stdin. Tables: views in the default schema,
-    /// `raw.<resource_type>`, `lake.runs`.
+    /// `raw.<resource_type>`, `lake.runs`. Without a query: the interactive shell (or, when stdin
+    /// is not a terminal, the statements read from it, each ending with `;`).
     #[arg(value_name = "QUERY")]
     pub query: Option<String>,
+
+    #[command(flatten)]
+    pub shell: super::shell::ShellArgs,
 }
 
 /// `fhirlake tables` flags.
@@ -90,10 +94,10 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
             text
         }
         Some(query) => query.to_string(),
-        None => bail!(
-            "no query given: pass the SQL as an argument (or `-` to read it from stdin); \
-             the interactive shell is not in this build yet"
-        ),
+        None => {
+            let session = args.lake.open()?.session().await?;
+            return super::shell::run(session, args.format.format, args.shell).await;
+        }
     };
     let lake = args.lake.open()?;
     let session = lake.session().await?;
