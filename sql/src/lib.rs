@@ -6,6 +6,7 @@
 
 pub mod flight;
 pub mod format;
+pub mod functions;
 pub mod service;
 pub mod session;
 pub mod view;

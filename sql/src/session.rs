@@ -116,6 +116,7 @@ impl LakeSession {
         let mut ctx = SessionContext::new_with_config_rt(config, runtime);
         // JSON access into `raw.*.resource` (json_get_str, json_get_int, `->`, `->>` ...).
         datafusion_functions_json::register_all(&mut ctx)?;
+        crate::functions::register_all(&ctx);
         for (url, store) in stores {
             ctx.register_object_store(&url, store);
         }

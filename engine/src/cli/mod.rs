@@ -21,6 +21,7 @@ mod pull;
 mod query;
 mod quickstart;
 mod serve;
+mod shell;
 mod sync;
 mod user;
 mod view;

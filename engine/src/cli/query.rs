@@ -43,9 +43,13 @@ pub struct SqlArgs {
     pub as_of: Option<fhirlake_sql::AsOf>,
 
     /// The SQL statement; `-` reads it from stdin. Tables: views in the default schema,
-    /// `raw.<resource_type>`, `lake.runs`.
+    /// `raw.<resource_type>`, `lake.runs`. Without a query: the interactive shell (or, when stdin
+    /// is not a terminal, the statements read from it, each ending with `;`).
     #[arg(value_name = "QUERY")]
     pub query: Option<String>,
+
+    #[command(flatten)]
+    pub shell: super::shell::ShellArgs,
 }
 
 /// `fhirlake tables` flags.
@@ -86,6 +90,11 @@ fn check_output(format: OutputFormat) -> anyhow::Result<()> {
 /// Runs `fhirlake sql`.
 pub async fn sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
     check_output(args.format.format)?;
+    let lake = args.lake.open()?;
+    let session = match args.as_of {
+        None => lake.session().await?,
+        Some(as_of) => pinned_session(&lake, as_of).await?,
+    };
     let query = match args.query.as_deref() {
         Some("-") => {
             let mut text = String::new();
@@ -95,15 +104,7 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
             text
         }
         Some(query) => query.to_string(),
-        None => bail!(
-            "no query given: pass the SQL as an argument (or `-` to read it from stdin); \
-             the interactive shell is not in this build yet"
-        ),
-    };
-    let lake = args.lake.open()?;
-    let session = match args.as_of {
-        None => lake.session().await?,
-        Some(as_of) => pinned_session(&lake, as_of).await?,
+        None => return super::shell::run(session, args.format.format, args.shell).await,
     };
     let stream = session.sql(&query).await?.execute_stream().await?;
     let stdout = std::io::BufWriter::new(std::io::stdout());
