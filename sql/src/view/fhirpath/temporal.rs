@@ -247,7 +247,7 @@ fn sort_key(p: &DateTimeParts) -> Vec<u64> {
     key.extend(p.month.map(u64::from));
     key.extend(p.day.map(u64::from));
     if let Some(t) = &p.time {
-        let offset = p.tz.as_deref().map(tz_minutes).unwrap_or(0);
+        let offset = p.tz.map(tz_minutes).unwrap_or(0);
         let minutes = t.hour as i64 * 60 + t.minute.unwrap_or(0) as i64 - offset;
         // Shifting by the offset can cross midnight; fold days into the hour component so the
         // ordering stays right for instants within the same date.
@@ -256,7 +256,7 @@ fn sort_key(p: &DateTimeParts) -> Vec<u64> {
             key.push(minutes.rem_euclid(60) as u64);
         }
         key.extend(t.second.map(u64::from));
-        key.extend(t.fraction.as_deref().map(|f| fraction_units(f, 9)));
+        key.extend(t.fraction.map(|f| fraction_units(f, 9)));
     }
     key
 }
@@ -265,7 +265,7 @@ fn time_key(t: &TimeParts) -> Vec<u64> {
     let mut key = vec![t.hour as u64];
     key.extend(t.minute.map(u64::from));
     key.extend(t.second.map(u64::from));
-    key.extend(t.fraction.as_deref().map(|f| fraction_units(f, 9)));
+    key.extend(t.fraction.map(|f| fraction_units(f, 9)));
     key
 }
 
@@ -305,10 +305,7 @@ pub fn epoch_micros(s: &str) -> Option<i64> {
     let (h, m, sec, micros) = match &p.time {
         None => (0, 0, 0, 0),
         Some(t) => {
-            let micros = t
-                .fraction
-                .as_deref()
-                .map_or(0, |f| fraction_units(f, 6) as i64);
+            let micros = t.fraction.map_or(0, |f| fraction_units(f, 6) as i64);
             (
                 t.hour as i64,
                 t.minute.unwrap_or(0) as i64,
@@ -317,7 +314,7 @@ pub fn epoch_micros(s: &str) -> Option<i64> {
             )
         }
     };
-    let offset = p.tz.as_deref().map(tz_minutes).unwrap_or(0);
+    let offset = p.tz.map(tz_minutes).unwrap_or(0);
     let seconds = days * 86_400 + h * 3600 + (m - offset) * 60 + sec;
     Some(seconds * 1_000_000 + micros)
 }
@@ -325,10 +322,7 @@ pub fn epoch_micros(s: &str) -> Option<i64> {
 /// Microseconds since midnight of a time of day.
 pub fn time_micros(s: &str) -> Option<i64> {
     let t = parse_time(s)?;
-    let micros = t
-        .fraction
-        .as_deref()
-        .map_or(0, |f| fraction_units(f, 6) as i64);
+    let micros = t.fraction.map_or(0, |f| fraction_units(f, 6) as i64);
     Some(
         ((t.hour as i64 * 60 + t.minute.unwrap_or(0) as i64) * 60 + t.second.unwrap_or(0) as i64)
             * 1_000_000
