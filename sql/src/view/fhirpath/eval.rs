@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::ops::ControlFlow;
 
 use super::temporal::{
     DateTimeParts, compare_temporal, date_boundary_text, date_time_boundary_text, decimal_boundary,
@@ -251,8 +252,21 @@ pub(crate) fn member_match<'k>(key: &'k str, name: &str) -> Option<Option<&'k st
 
 /// Pushes the children named `name` of `json` (array members flattened, nulls skipped).
 fn push_member<'a>(json: &'a Json, name: &str, out: &mut Coll<'a>) {
+    let _ = for_each_member(json, name, &mut |item| {
+        out.push(item);
+        ControlFlow::Continue(())
+    });
+}
+
+/// Calls `f` with each child named `name` of `json` (array members flattened, nulls skipped), in
+/// document order, until it breaks. The evaluator and the compiled paths share this.
+pub(crate) fn for_each_member<'a>(
+    json: &'a Json,
+    name: &str,
+    f: &mut dyn FnMut(Item<'a>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let Kind::Object(members) = json.kind() else {
-        return;
+        return ControlFlow::Continue(());
     };
     for (key, value) in members.iter() {
         let Some(ty) = member_match(key, name) else {
@@ -260,20 +274,40 @@ fn push_member<'a>(json: &'a Json, name: &str, out: &mut Coll<'a>) {
         };
         match value.kind() {
             Kind::Array(items) => {
-                out.extend(
-                    items
-                        .iter()
-                        .filter(|i| !matches!(i.kind(), Kind::Null))
-                        .map(|i| Item::Node(i, ty)),
-                );
+                for child in items.iter() {
+                    if !matches!(child.kind(), Kind::Null) {
+                        f(Item::Node(child, ty))?;
+                    }
+                }
             }
             Kind::Null => {}
-            _ => out.push(Item::Node(value, ty)),
+            _ => f(Item::Node(value, ty))?,
         }
         if ty.is_none() {
-            return;
+            break;
         }
     }
+    ControlFlow::Continue(())
+}
+
+/// The resource `getResourceKey()` reads: the focus when it is one resource, else the row's.
+pub(crate) fn resource_key_target<'a>(focus: &[Item<'a>], resource: &'a Json) -> &'a Json {
+    match focus {
+        [Item::Node(json, _)] if json.resource_type().is_some() => json,
+        _ => resource,
+    }
+}
+
+/// `getReferenceKey([T])` of one item: the id part of its `reference`, when of type `T`.
+pub(crate) fn reference_key<'a>(item: &Item<'a>, wanted: Option<&TypeSpec>) -> Option<Item<'a>> {
+    let reference = item.json()?.member("reference").and_then(JsonExt::text)?;
+    let (ty, id) = reference_parts(reference)?;
+    if let Some(wanted) = wanted
+        && ty != Some(wanted.name.as_str())
+    {
+        return None;
+    }
+    Some(Item::Prim(Prim::Str(Cow::Borrowed(id))))
 }
 
 /// Does `item` have type `spec`?
@@ -744,7 +778,7 @@ fn int_arg<'a>(
 }
 
 /// The resource key of a resource node: its `id`.
-fn resource_key(json: &Json) -> Option<Item<'_>> {
+pub(crate) fn resource_key(json: &Json) -> Option<Item<'_>> {
     json.member("id")
         .filter(|id| matches!(id.kind(), Kind::Str(_)))
         .map(|id| Item::Node(id, None))
@@ -897,35 +931,13 @@ fn call<'a>(
             }
             Ok(out)
         }
-        Func::GetResourceKey => {
-            let target = match input {
-                [Item::Node(json, _)] if json.resource_type().is_some() => json,
-                _ => &env.resource,
-            };
-            Ok(resource_key(target).into_iter().collect())
-        }
-        Func::GetReferenceKey => {
-            let mut out = Vec::new();
-            for item in input {
-                let Some(reference) = item
-                    .json()
-                    .and_then(|j| j.member("reference"))
-                    .and_then(JsonExt::text)
-                else {
-                    continue;
-                };
-                let Some((ty, id)) = reference_parts(reference) else {
-                    continue;
-                };
-                if let Some(wanted) = type_arg
-                    && ty != Some(wanted.name.as_str())
-                {
-                    continue;
-                }
-                out.push(Item::Prim(Prim::Str(Cow::Borrowed(id))));
-            }
-            Ok(out)
-        }
+        Func::GetResourceKey => Ok(resource_key(resource_key_target(input, env.resource))
+            .into_iter()
+            .collect()),
+        Func::GetReferenceKey => Ok(input
+            .iter()
+            .filter_map(|item| reference_key(item, type_arg))
+            .collect()),
         Func::LowBoundary | Func::HighBoundary => {
             let high = func == Func::HighBoundary;
             let Some(p) = one(func.name())? else {

@@ -10,9 +10,11 @@
 
 use std::ops::ControlFlow;
 
-use super::eval::{Item, Prim, has_type, member_match, reference_parts};
+use super::eval::{
+    Item, for_each_member, has_type, reference_key, resource_key, resource_key_target,
+};
 use super::{BinOp, Expr, Func, TypeSpec};
-use crate::view::json::{Json, JsonExt, Kind};
+use crate::view::json::Json;
 
 /// Where a path starts.
 #[derive(Debug, Clone)]
@@ -143,18 +145,10 @@ impl PathPlan {
                 }
                 ControlFlow::Continue(())
             }
-            Source::ResourceKey => {
-                let target = match focus {
-                    [Item::Node(json, _)] if json.resource_type().is_some() => json,
-                    _ => resource,
-                };
-                match target.member("id") {
-                    Some(id) if matches!(id.kind(), Kind::Str(_)) => {
-                        walk(&self.steps, Item::Node(id, None), sink)
-                    }
-                    _ => ControlFlow::Continue(()),
-                }
-            }
+            Source::ResourceKey => match resource_key(resource_key_target(focus, resource)) {
+                Some(id) => walk(&self.steps, id, sink),
+                None => ControlFlow::Continue(()),
+            },
             Source::FirstOf(branches) => {
                 let mut first = None;
                 for branch in branches {
@@ -193,34 +187,12 @@ fn walk<'a>(steps: &[Step], item: Item<'a>, sink: &mut dyn FnMut(Item<'a>) -> Fl
         return sink(item);
     };
     match step {
-        Step::Member(name) => {
-            let Item::Node(json, _) = item else {
-                return ControlFlow::Continue(());
-            };
-            let Kind::Object(members) = JsonExt::kind(json) else {
-                return ControlFlow::Continue(());
-            };
-            for (key, value) in members.iter() {
-                let Some(ty) = member_match(key, name) else {
-                    continue;
-                };
-                match value.kind() {
-                    Kind::Array(items) => {
-                        for child in items.iter() {
-                            if !matches!(child.kind(), Kind::Null) {
-                                walk(rest, Item::Node(child, ty), sink)?;
-                            }
-                        }
-                    }
-                    Kind::Null => {}
-                    _ => walk(rest, Item::Node(value, ty), sink)?,
-                }
-                if ty.is_none() {
-                    break;
-                }
+        Step::Member(name) => match item {
+            Item::Node(json, _) => {
+                for_each_member(json, name, &mut |child| walk(rest, child, sink))
             }
-            ControlFlow::Continue(())
-        }
+            Item::Prim(_) => ControlFlow::Continue(()),
+        },
         Step::OfType(ty) => {
             if has_type(&item, ty) {
                 walk(rest, item, sink)
@@ -232,23 +204,10 @@ fn walk<'a>(steps: &[Step], item: Item<'a>, sink: &mut dyn FnMut(Item<'a>) -> Fl
             let _ = walk(rest, item, sink);
             ControlFlow::Break(())
         }
-        Step::ReferenceKey(wanted) => {
-            let Item::Node(json, _) = item else {
-                return ControlFlow::Continue(());
-            };
-            let Some(reference) = json.member("reference").and_then(JsonExt::text) else {
-                return ControlFlow::Continue(());
-            };
-            let Some((ty, id)) = reference_parts(reference) else {
-                return ControlFlow::Continue(());
-            };
-            if let Some(wanted) = wanted
-                && ty != Some(wanted.name.as_str())
-            {
-                return ControlFlow::Continue(());
-            }
-            walk(rest, Item::Prim(Prim::Str(id.into())), sink)
-        }
+        Step::ReferenceKey(wanted) => match reference_key(&item, wanted.as_ref()) {
+            Some(key) => walk(rest, key, sink),
+            None => ControlFlow::Continue(()),
+        },
     }
 }
 
