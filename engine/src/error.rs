@@ -158,3 +158,9 @@ impl From<fhirlake_sql::Error> for Error {
         Self::Sql(Box::new(e))
     }
 }
+
+impl From<fhirlake_views::Error> for Error {
+    fn from(e: fhirlake_views::Error) -> Self {
+        Self::Sql(Box::new(e.into()))
+    }
+}

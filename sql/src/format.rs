@@ -174,16 +174,9 @@ async fn write_stream_inner<W: Write + Send>(
     Ok(rows)
 }
 
-/// One JSON object per row (keys in column order, explicit nulls), each line ending in `\n`.
+/// One JSON object per row (see [`fhirlake_views::ndjson_rows`]).
 pub fn ndjson_rows(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut writer = arrow::json::WriterBuilder::new()
-        .with_explicit_nulls(true)
-        .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
-    writer.write(batch)?;
-    writer.finish()?;
-    drop(writer);
-    Ok(buf)
+    Ok(fhirlake_views::ndjson_rows(batch)?)
 }
 
 /// Pretty-prints batches (always prints the header, even for zero rows).

@@ -9,7 +9,9 @@ pub mod format;
 pub mod functions;
 pub mod service;
 pub mod session;
-pub mod view;
+
+/// The SQL-on-FHIR view compiler (its own crate), re-exported for the query side's users.
+pub use fhirlake_views as view;
 
 pub use format::{OutputFormat, write_stream};
 pub use service::{AsOf, Caller, QueryOptions, QueryService, Role, TableInfo};
@@ -48,28 +50,9 @@ pub enum Error {
     /// A role may not run this statement or read this table.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// A ViewDefinition is invalid; `path` is the JSON path of the offending element.
-    #[error("invalid ViewDefinition at {path}: {reason}")]
-    ViewDefinition {
-        /// JSON path in the ViewDefinition, e.g. `select[0].column[2].path`.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A resource could not be turned into rows of a view (never carries resource values).
-    #[error("view {view}: {resource_type} at {location}: {element}: {reason}")]
-    ViewRow {
-        /// View name (or resource type of an unnamed view).
-        view: String,
-        /// Resource type of the failing resource.
-        resource_type: String,
-        /// Where the resource came from (`file:line`).
-        location: String,
-        /// The view element that failed (`column `x``, `where[0]`).
-        element: String,
-        /// What went wrong.
-        reason: String,
-    },
+    /// A ViewDefinition is invalid or a resource could not be turned into rows.
+    #[error(transparent)]
+    View(#[from] fhirlake_views::Error),
 }
 
 /// Result type of this crate.

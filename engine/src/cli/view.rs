@@ -14,9 +14,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use fhirlake::views::registry::{drop_view, register_view};
 use fhirlake::views::{lake_views, refresh_view};
 use fhirlake_sql::OutputFormat;
-use fhirlake_sql::view::builtin::{BUILTIN_VIEWS, builtin_view_text};
-use fhirlake_sql::view::conformance::{report, run_dir};
-use fhirlake_sql::view::{CompiledView, ViewBatchBuilder, json};
+use fhirlake_views::builtin::{BUILTIN_VIEWS, builtin_view_text};
+use fhirlake_views::conformance::{report, run_dir};
+use fhirlake_views::{CompiledView, ViewBatchBuilder, json};
 
 use super::args::LakeArgs;
 use super::deid::{Input, read_inputs};

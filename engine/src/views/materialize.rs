@@ -11,7 +11,7 @@
 //!   view rows whose resource is no longer in the raw table (deleted).
 //!
 //! Resource JSON is read back from the raw table and parsed into the borrowed tree of
-//! `fhirlake_sql::view::json`: a second parse of the changed resources, because the raw MERGE
+//! `fhirlake_views::json`: a second parse of the changed resources, because the raw MERGE
 //! decides which version of a resource wins only after the pipeline's parse is gone.
 
 use std::sync::Arc;
@@ -23,9 +23,9 @@ use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
-use fhirlake_sql::view::run::RESOURCE_ID_COLUMN;
-use fhirlake_sql::view::{CompiledView, ViewBatchBuilder, json};
 use fhirlake_sql::{LakeSession, LakeTable};
+use fhirlake_views::run::RESOURCE_ID_COLUMN;
+use fhirlake_views::{CompiledView, ViewBatchBuilder, json};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::lake::{DeidStamp, Lake, TableId};

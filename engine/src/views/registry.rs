@@ -8,9 +8,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::Utc;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
-use fhirlake_sql::view::CompiledView;
-use fhirlake_sql::view::builtin::{BUILTIN_VIEWS, builtin_views};
 use fhirlake_sql::{LakeSession, LakeTable};
+use fhirlake_views::CompiledView;
+use fhirlake_views::builtin::{BUILTIN_VIEWS, builtin_views};
 use futures::TryStreamExt;
 
 use crate::lake::schema::timestamp_type;

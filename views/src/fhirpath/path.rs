@@ -11,10 +11,11 @@
 use std::ops::ControlFlow;
 
 use super::eval::{
-    Item, for_each_member, has_type, reference_key, resource_key, resource_key_target,
+    Item, for_each_member, for_each_member_value, has_type, member_match, reference_key,
+    resource_key, resource_key_target,
 };
 use super::{BinOp, Expr, Func, TypeSpec};
-use crate::view::json::Json;
+use crate::json::{Json, JsonExt};
 
 /// Where a path starts.
 #[derive(Debug, Clone)]
@@ -45,6 +46,37 @@ enum Step {
 pub struct PathPlan {
     source: Source,
     steps: Vec<Step>,
+    /// Index of the first member name in the select's [`MemberIndex`] names, when the path
+    /// starts with `.name` on its focus (see [`PathPlan::bind_first_member`]).
+    first: Option<usize>,
+}
+
+/// The members of one focus object that a select's paths start from, found in one pass.
+///
+/// sonic-rs objects are scanned pair by pair, and every access unpacks a node; a view of 16
+/// columns that each scan the resource's dozen members for their first name spends more time
+/// there than in everything else. The select lists its columns' first names once (at compile
+/// time) and the object is walked once per focus.
+#[derive(Debug)]
+pub struct MemberIndex<'a> {
+    /// `(name index, choice type, value)` in document order.
+    hits: Vec<(usize, Option<&'a str>, &'a Json)>,
+}
+
+impl<'a> MemberIndex<'a> {
+    /// The members of `focus` matching `names` (`None` when the focus is not an object).
+    pub fn build(focus: &'a Json, names: &[String]) -> Option<Self> {
+        let members = focus.object()?;
+        let mut hits = Vec::with_capacity(names.len() + 2);
+        for (key, value) in members.iter() {
+            for (i, name) in names.iter().enumerate() {
+                if let Some(ty) = member_match(key, name) {
+                    hits.push((i, ty, value));
+                }
+            }
+        }
+        Some(Self { hits })
+    }
 }
 
 /// Whether the walk goes on after an item.
@@ -83,6 +115,7 @@ impl PathPlan {
                 (Func::GetResourceKey, None) => Self {
                     source: Source::ResourceKey,
                     steps: Vec::new(),
+                    first: None,
                 },
                 (Func::First, Some(Expr::Binary(BinOp::Union, ..))) => {
                     let mut branches = Vec::new();
@@ -90,6 +123,7 @@ impl PathPlan {
                     Self {
                         source: Source::FirstOf(branches),
                         steps: Vec::new(),
+                        first: None,
                     }
                 }
                 (Func::First, Some(base)) => {
@@ -114,6 +148,27 @@ impl PathPlan {
         Self {
             source: Source::Focus,
             steps: Vec::new(),
+            first: None,
+        }
+    }
+
+    /// Registers the member name this path (or each `FirstOf` branch) starts with in `names`,
+    /// so that [`Self::for_each_indexed`] can take it from a [`MemberIndex`] over those names.
+    pub fn bind_first_member(&mut self, names: &mut Vec<String>) {
+        match (&mut self.source, self.steps.first()) {
+            (Source::Focus, Some(Step::Member(name))) => {
+                let i = names.iter().position(|n| n == name).unwrap_or_else(|| {
+                    names.push(name.clone());
+                    names.len() - 1
+                });
+                self.first = Some(i);
+            }
+            (Source::FirstOf(branches), _) => {
+                for branch in branches {
+                    branch.bind_first_member(names);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -125,21 +180,48 @@ impl PathPlan {
         resource: &'a Json,
         sink: &mut dyn FnMut(Item<'a>),
     ) {
-        let _ = self.run(focus, resource, &mut |item| {
+        self.for_each_indexed(focus, resource, None, sink);
+    }
+
+    /// [`Self::for_each`] where `index` holds the members of the one focus object, built over
+    /// the names this plan was bound to.
+    pub fn for_each_indexed<'a>(
+        &self,
+        focus: &[Item<'a>],
+        resource: &'a Json,
+        index: Option<&MemberIndex<'a>>,
+        sink: &mut dyn FnMut(Item<'a>),
+    ) {
+        let _ = self.run(focus, resource, index, &mut |item| {
             sink(item);
             ControlFlow::Continue(())
         });
     }
 
-    /// [`Self::for_each`] with a sink that may stop the walk.
+    /// [`Self::for_each_indexed`] with a sink that may stop the walk.
     fn run<'a>(
         &self,
         focus: &[Item<'a>],
         resource: &'a Json,
+        index: Option<&MemberIndex<'a>>,
         sink: &mut dyn FnMut(Item<'a>) -> Flow,
     ) -> Flow {
         match &self.source {
             Source::Focus => {
+                if let (Some(first), Some(index)) = (self.first, index) {
+                    // The first `.name` step, taken from the index (as `for_each_member`).
+                    let rest = &self.steps[1..];
+                    for &(i, ty, value) in &index.hits {
+                        if i != first {
+                            continue;
+                        }
+                        for_each_member_value(value, ty, &mut |child| walk(rest, child, sink))?;
+                        if ty.is_none() {
+                            break;
+                        }
+                    }
+                    return ControlFlow::Continue(());
+                }
                 for item in focus {
                     walk(&self.steps, item.clone(), sink)?;
                 }
@@ -152,7 +234,7 @@ impl PathPlan {
             Source::FirstOf(branches) => {
                 let mut first = None;
                 for branch in branches {
-                    let _ = branch.run(focus, resource, &mut |item| {
+                    let _ = branch.run(focus, resource, index, &mut |item| {
                         first = Some(item);
                         ControlFlow::Break(())
                     });
@@ -214,7 +296,7 @@ fn walk<'a>(steps: &[Step], item: Item<'a>, sink: &mut dyn FnMut(Item<'a>) -> Fl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::view::fhirpath::{Env, evaluate, parse};
+    use crate::fhirpath::{Env, evaluate, parse};
 
     const OBSERVATION: &str = r#"{"resourceType":"Observation","id":"o1",
         "category":[{"coding":[{"code":"vital-signs"},{"code":"x"}]},{"coding":[{"code":"y"}]}],
@@ -226,7 +308,7 @@ mod tests {
         "note":[null,{"text":"n"}]}"#;
 
     fn both(path: &str) -> (Vec<String>, Option<Vec<String>>) {
-        let json = crate::view::json::parse(OBSERVATION).unwrap();
+        let json = crate::json::parse(OBSERVATION).unwrap();
         let focus = [Item::Node(&json, None)];
         let env = Env {
             resource: &json,
@@ -243,9 +325,18 @@ mod tests {
             .iter()
             .map(show)
             .collect();
-        let compiled = PathPlan::compile(&expr).map(|plan| {
+        let compiled = PathPlan::compile(&expr).map(|mut plan| {
             let mut out = Vec::new();
             plan.for_each(&focus, &json, &mut |item| out.push(show(&item)));
+            // The same through a member index shared with other names.
+            let mut names = vec!["code".to_string(), "valueString".to_string()];
+            plan.bind_first_member(&mut names);
+            let index = MemberIndex::build(&json, &names).unwrap();
+            let mut indexed = Vec::new();
+            plan.for_each_indexed(&focus, &json, Some(&index), &mut |item| {
+                indexed.push(show(&item))
+            });
+            assert_eq!(out, indexed, "{path} through the member index");
             out
         });
         (general, compiled)

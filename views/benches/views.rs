@@ -10,15 +10,15 @@
 //!
 //! Input: every Observation of the Synthea bulk-data-server export (16,315 resources, identified
 //! source data; de-identified resources in a lake are smaller, so this is the harder case). Run
-//! with `cargo bench -p fhirlake-sql --bench views -- --warm-up-time 1 --measurement-time 5`.
+//! with `cargo bench -p fhirlake-views --bench views -- --warm-up-time 1 --measurement-time 5`.
 
 use std::hint::black_box;
 use std::io::Read as _;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fhirlake_sql::view::builtin::builtin_view_text;
-use fhirlake_sql::view::{CompiledView, ViewBatchBuilder, json};
+use fhirlake_views::builtin::builtin_view_text;
+use fhirlake_views::{CompiledView, ViewBatchBuilder, json};
 
 const EXPORT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -50,12 +50,12 @@ pub fn run_view(view: Arc<CompiledView>, resources: &[Value]) -> Result<(Vec<Str
         })?;
     }
     let batch = builder.finish()?;
-    let rows = crate::format::ndjson_rows(&batch)?
+    let rows = crate::ndjson_rows(&batch)?
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|line| {
             serde_json::from_slice(line)
-                .map_err(|e| Error::Output(format!("re-reading rows as JSON: {e}")))
+                .map_err(|e| Error::TestSuite(format!("re-reading rows as JSON: {e}")))
         })
         .collect::<Result<Vec<Value>>>()?;
     Ok((columns, rows))
@@ -100,7 +100,7 @@ pub fn run_test(test: &Value, resources: &[Value]) -> TestOutcome {
     let expect_error = test.get("expectError").and_then(Value::as_bool) == Some(true);
     let result = test
         .get("view")
-        .ok_or_else(|| Error::Output("test has no view".into()))
+        .ok_or_else(|| Error::TestSuite("test has no view".into()))
         .and_then(CompiledView::compile)
         .and_then(|view| run_view(Arc::new(view), resources));
     let (columns, rows) = match (result, expect_error) {
@@ -152,7 +152,7 @@ pub fn run_test(test: &Value, resources: &[Value]) -> TestOutcome {
 pub fn run_file(path: &Path) -> Result<FileOutcome> {
     let text = std::fs::read_to_string(path)?;
     let suite: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Output(format!("{}: not a JSON test file: {e}", path.display())))?;
+        .map_err(|e| Error::TestSuite(format!("{}: not a JSON test file: {e}", path.display())))?;
     let resources = suite
         .get("resources")
         .and_then(Value::as_array)
@@ -161,7 +161,7 @@ pub fn run_file(path: &Path) -> Result<FileOutcome> {
     let tests = suite
         .get("tests")
         .and_then(Value::as_array)
-        .ok_or_else(|| Error::Output(format!("{}: no `tests` array", path.display())))?;
+        .ok_or_else(|| Error::TestSuite(format!("{}: no `tests` array", path.display())))?;
     Ok(FileOutcome {
         file: path
             .file_name()
@@ -179,7 +179,7 @@ pub fn run_dir(dir: &Path) -> Result<Vec<FileOutcome>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::Output(format!(
+        return Err(Error::TestSuite(format!(
             "{}: no *.json test files",
             dir.display()
         )));

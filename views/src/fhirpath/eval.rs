@@ -14,7 +14,7 @@ use super::temporal::{
     parse_time, time_boundary_text,
 };
 use super::{BinOp, Expr, Func, Literal, TypeSpec};
-use crate::view::json::{Json, JsonExt, Kind, format_float};
+use crate::json::{Json, JsonExt, Kind, format_float};
 
 /// A primitive value.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,27 +265,35 @@ pub(crate) fn for_each_member<'a>(
     name: &str,
     f: &mut dyn FnMut(Item<'a>) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
-    let Kind::Object(members) = json.kind() else {
+    let Some(members) = json.object() else {
         return ControlFlow::Continue(());
     };
     for (key, value) in members.iter() {
         let Some(ty) = member_match(key, name) else {
             continue;
         };
-        match value.kind() {
-            Kind::Array(items) => {
-                for child in items.iter() {
-                    if !matches!(child.kind(), Kind::Null) {
-                        f(Item::Node(child, ty))?;
-                    }
-                }
-            }
-            Kind::Null => {}
-            _ => f(Item::Node(value, ty))?,
-        }
+        for_each_member_value(value, ty, f)?;
         if ty.is_none() {
             break;
         }
+    }
+    ControlFlow::Continue(())
+}
+
+/// The items of one member's value: an array's non-null elements, or the value unless null.
+pub(crate) fn for_each_member_value<'a>(
+    value: &'a Json,
+    ty: Option<&'a str>,
+    f: &mut dyn FnMut(Item<'a>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    if let Some(items) = value.array() {
+        for child in items {
+            if !child.is_null_value() {
+                f(Item::Node(child, ty))?;
+            }
+        }
+    } else if !value.is_null_value() {
+        f(Item::Node(value, ty))?;
     }
     ControlFlow::Continue(())
 }
@@ -1178,10 +1186,10 @@ fn truncate_date(text: String, precision: Option<i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::view::fhirpath::parse;
+    use crate::fhirpath::parse;
 
     fn eval_on(text: &str, path: &str) -> Vec<String> {
-        let json = crate::view::json::parse(text).unwrap();
+        let json = crate::json::parse(text).unwrap();
         let env = Env {
             resource: &json,
             row_index: 0,

@@ -3,10 +3,10 @@
 //! Views read resource JSON text (NDJSON lines, the lake's `resource` column). Parsing is the
 //! larger half of a view's cost, so the tree is [`sonic_rs::Value`]: sonic-rs parses with SIMD
 //! into one arena per document, about twice as fast as `serde_json` into a borrowed tree and four
-//! times `serde_json::Value` (see `sql/benches/views.rs`). The evaluator sees a node through
+//! times `serde_json::Value` (see `views/benches/views.rs`). The evaluator sees a node through
 //! [`JsonExt::kind`], a small borrowed enum, so nothing else depends on sonic-rs.
 
-use sonic_rs::{JsonNumberTrait, JsonValueTrait, ValueRef};
+use sonic_rs::{JsonContainerTrait, JsonNumberTrait, JsonValueTrait, ValueRef};
 
 /// One parsed JSON document (or a node of one).
 pub type Json = sonic_rs::Value;
@@ -47,6 +47,13 @@ pub enum Kind<'a> {
 pub trait JsonExt {
     /// What this node is.
     fn kind(&self) -> Kind<'_>;
+    /// The members, if this is an object (cheaper than [`Self::kind`] on sonic-rs nodes, which
+    /// unpack a node once per type test).
+    fn object(&self) -> Option<&JsonObject>;
+    /// The items, if this is an array.
+    fn array(&self) -> Option<&[Json]>;
+    /// Is this `null`?
+    fn is_null_value(&self) -> bool;
     /// The member `key` of an object.
     fn member(&self, key: &str) -> Option<&Json>;
     /// The string, if this is one.
@@ -74,11 +81,25 @@ impl JsonExt for Json {
     }
 
     #[inline]
+    fn object(&self) -> Option<&JsonObject> {
+        <Json as JsonContainerTrait>::as_object(self)
+    }
+
+    #[inline]
+    fn array(&self) -> Option<&[Json]> {
+        <Json as JsonContainerTrait>::as_array(self).map(|items| items.as_slice())
+    }
+
+    #[inline]
+    fn is_null_value(&self) -> bool {
+        <Json as JsonValueTrait>::is_null(self)
+    }
+
+    #[inline]
     fn member(&self, key: &str) -> Option<&Json> {
-        match self.kind() {
-            Kind::Object(members) => members.iter().find_map(|(k, v)| (k == key).then_some(v)),
-            _ => None,
-        }
+        <Json as JsonContainerTrait>::as_object(self)?
+            .iter()
+            .find_map(|(k, v)| (k == key).then_some(v))
     }
 
     #[inline]

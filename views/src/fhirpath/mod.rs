@@ -1,5 +1,5 @@
 //! The FHIRPath subset of SQL on FHIR v2: the AST ([`Expr`]), its parser ([`parse`]) and the
-//! evaluator ([`eval`]) over the JSON tree of [`crate::view::json`], and compiled plain paths ([`path`]).
+//! evaluator ([`eval`]) over the JSON tree of [`crate::json`], and compiled plain paths ([`path`]).
 //!
 //! Covered: member navigation (choice elements by their FHIR name: `value` finds `valueQuantity`),
 //! indexers, `$this`, `$index`, `%constants`, `%rowIndex`, literals (string, integer, decimal,
@@ -15,7 +15,7 @@ pub mod temporal;
 
 pub use eval::{Env, Item, Prim, evaluate};
 pub use parse::{ParseError, parse};
-pub use path::PathPlan;
+pub use path::{MemberIndex, PathPlan};
 
 /// A parsed FHIRPath expression.
 #[derive(Debug, Clone, PartialEq)]

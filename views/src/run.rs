@@ -19,7 +19,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::definition::{ColumnKind, CompiledView, Iteration, SelectNode};
 use super::fhirpath::temporal::{epoch_days, epoch_micros, time_micros};
-use super::fhirpath::{Env, Item, Prim, evaluate};
+use super::fhirpath::{Env, Item, MemberIndex, Prim, evaluate};
 use super::json::{Json, JsonExt, Kind};
 use crate::Result;
 
@@ -87,13 +87,19 @@ impl<'s, 'a> Walk<'s, 'a, '_> {
         row_index: i64,
     ) -> Result<(), RowError> {
         let env = self.env(row_index);
+        let index = match focus {
+            [Item::Node(json, _)] if !node.member_names.is_empty() => {
+                MemberIndex::build(json, &node.member_names)
+            }
+            _ => None,
+        };
         for column in &node.columns {
             let slot = column.slot;
             if let (Some(plan), false) = (&column.plan, column.collection) {
                 // The common case: a plain path into a single-valued column, no allocation.
                 let mut count = 0usize;
                 let mut cell = Cell::Null;
-                plan.for_each(focus, self.resource, &mut |item| {
+                plan.for_each_indexed(focus, self.resource, index.as_ref(), &mut |item| {
                     count += 1;
                     if count == 1 {
                         cell = Cell::One(item);
@@ -623,4 +629,17 @@ impl ViewBatchBuilder {
     pub fn buffered_rows(&self) -> usize {
         self.rows + self.done.iter().map(RecordBatch::num_rows).sum::<usize>()
     }
+}
+
+/// One JSON object per row, keys in column order, nulls explicit, lists as arrays: the `$run`
+/// ndjson output (also what `fhirlake sql --format ndjson` writes).
+pub fn ndjson_rows(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(buf)
 }

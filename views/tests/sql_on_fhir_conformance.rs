@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use fhirlake_sql::view::conformance::{report, run_dir};
+use fhirlake_views::conformance::{report, run_dir};
 
 fn suite_dir() -> PathBuf {
     PathBuf::from(concat!(

@@ -120,6 +120,8 @@ pub(crate) struct ColumnExpr {
 pub(crate) struct SelectNode {
     pub iteration: Iteration,
     pub columns: Vec<ColumnExpr>,
+    /// First member names of the compiled columns (see `fhirpath::MemberIndex`).
+    pub member_names: Vec<String>,
     pub selects: Vec<SelectNode>,
     pub union_all: Vec<SelectNode>,
     /// Every slot this select and its descendants fill (nulls for an empty `forEachOrNull`).
@@ -320,6 +322,7 @@ impl Compiler {
         let root = SelectNode {
             iteration: Iteration::None,
             columns: Vec::new(),
+            member_names: Vec::new(),
             selects: root_selects,
             union_all: Vec::new(),
             subtree_slots,
@@ -504,6 +507,19 @@ impl Compiler {
                 collection,
             });
         }
+        // The first member names of the single-valued compiled columns, for one pass over the
+        // focus object per iteration (see `fhirpath::MemberIndex`); worth it from two columns.
+        let mut member_names = Vec::new();
+        let indexed: Vec<&mut fhirpath::PathPlan> = columns
+            .iter_mut()
+            .filter(|c| !c.collection)
+            .filter_map(|c| c.plan.as_mut())
+            .collect();
+        if indexed.len() >= 2 {
+            for plan in indexed {
+                plan.bind_first_member(&mut member_names);
+            }
+        }
         let mut selects = Vec::new();
         for (i, nested) in array(select, "select", path)?.iter().enumerate() {
             selects.push(self.select(nested, &format!("{path}.select[{i}]"))?);
@@ -537,6 +553,7 @@ impl Compiler {
         Ok(SelectNode {
             iteration,
             columns,
+            member_names,
             selects,
             union_all,
             subtree_slots: (first_slot..self.next_slot).collect(),
