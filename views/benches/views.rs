@@ -3,7 +3,7 @@
 //!
 //! * `serde_json::Value parse`: parsing every line into a `serde_json::Value` (what a generic
 //!   interpreter over a DOM would start from);
-//! * `tree parse`: parsing into the view engine's JSON tree only (sonic-rs), the floor a view
+//! * `tree parse`: parsing into the view engine's JSON tree only (a simd-json tape), the floor a view
 //!   that reads whole resources cannot go below;
 //! * `observation view`: parse + every row of the built-in `observation` view into Arrow builders
 //!   + the record batch (what ingest does per changed Observation).
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fhirlake_views::builtin::builtin_view_text;
-use fhirlake_views::{CompiledView, ViewBatchBuilder, json};
+use fhirlake_views::{CompiledView, JsonParser, ViewBatchBuilder};
 
 const EXPORT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -48,9 +48,11 @@ fn bench(c: &mut Criterion) {
     let mut rows = 0u64;
     {
         let mut builder = ViewBatchBuilder::new(view.clone());
+        let mut parser = JsonParser::default();
         for line in &lines {
-            rows += builder
-                .append(&json::parse(line).expect("json"))
+            rows += parser
+                .parse(line, |json| builder.append(json))
+                .expect("json")
                 .expect("rows") as u64;
         }
     }
@@ -65,17 +67,20 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("tree parse", |b| {
         b.iter(|| {
+            let mut parser = JsonParser::default();
             for line in &lines {
-                black_box(json::parse(line).expect("json"));
+                black_box(parser.parse(line, |json| json.is_null()).expect("json"));
             }
         })
     });
     group.bench_function("observation view", |b| {
         b.iter(|| {
             let mut builder = ViewBatchBuilder::new(view.clone());
+            let mut parser = JsonParser::default();
             for line in &lines {
-                builder
-                    .append(&json::parse(line).expect("json"))
+                parser
+                    .parse(line, |json| builder.append(json))
+                    .expect("json")
                     .expect("rows");
             }
             black_box(builder.finish().expect("batch"));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::json::{self, JsonExt};
+use super::json;
 use super::{CompiledView, ViewBatchBuilder};
 use crate::{Error, Result};
 
@@ -40,13 +40,14 @@ pub fn run_view(view: Arc<CompiledView>, resources: &[Value]) -> Result<(Vec<Str
     let columns: Vec<String> = view.columns.iter().map(|c| c.name.clone()).collect();
     let mut builder = ViewBatchBuilder::new(view.clone());
     for (i, resource) in resources.iter().enumerate() {
-        let json = json::from_serde(resource);
-        builder.append(&json).map_err(|e| Error::ViewRow {
-            view: view.label().to_string(),
-            resource_type: json.resource_type().unwrap_or("?").to_string(),
-            location: format!("resource #{}", i + 1),
-            element: e.element,
-            reason: e.reason,
+        json::with_serde(resource, |json| {
+            builder.append(json).map_err(|e| Error::ViewRow {
+                view: view.label().to_string(),
+                resource_type: json.resource_type().unwrap_or("?").to_string(),
+                location: format!("resource #{}", i + 1),
+                element: e.element,
+                reason: e.reason,
+            })
         })?;
     }
     let batch = builder.finish()?;

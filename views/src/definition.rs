@@ -121,7 +121,7 @@ pub(crate) struct SelectNode {
     pub iteration: Iteration,
     pub columns: Vec<ColumnExpr>,
     /// First member names of the compiled columns (see `fhirpath::MemberIndex`).
-    pub member_names: Vec<String>,
+    pub member_names: fhirpath::MemberNames,
     pub selects: Vec<SelectNode>,
     pub union_all: Vec<SelectNode>,
     /// Every slot this select and its descendants fill (nulls for an empty `forEachOrNull`).
@@ -322,7 +322,7 @@ impl Compiler {
         let root = SelectNode {
             iteration: Iteration::None,
             columns: Vec::new(),
-            member_names: Vec::new(),
+            member_names: fhirpath::MemberNames::new(Vec::new()),
             selects: root_selects,
             union_all: Vec::new(),
             subtree_slots,
@@ -553,7 +553,7 @@ impl Compiler {
         Ok(SelectNode {
             iteration,
             columns,
-            member_names,
+            member_names: fhirpath::MemberNames::new(member_names),
             selects,
             union_all,
             subtree_slots: (first_slot..self.next_slot).collect(),

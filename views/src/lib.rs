@@ -19,7 +19,7 @@ pub mod json;
 pub mod run;
 
 pub use definition::{ColumnKind, ColumnSpec, CompiledView};
-pub use json::{Json, JsonExt};
+pub use json::{Json, JsonParser};
 pub use run::{Cell, RowError, ViewBatchBuilder, ndjson_rows};
 
 /// Errors of the view compiler and runner. Variants name view elements and resource locations,

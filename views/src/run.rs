@@ -20,7 +20,7 @@ use arrow::record_batch::RecordBatch;
 use super::definition::{ColumnKind, CompiledView, Iteration, SelectNode};
 use super::fhirpath::temporal::{epoch_days, epoch_micros, time_micros};
 use super::fhirpath::{Env, Item, MemberIndex, Prim, evaluate};
-use super::json::{Json, JsonExt, Kind};
+use super::json::{Json, Kind};
 use crate::Result;
 
 /// One cell of the row being built.
@@ -49,7 +49,7 @@ enum Task<'s, 'a> {
 }
 
 struct Walk<'s, 'a, 'e> {
-    resource: &'a Json,
+    resource: Json<'a>,
     buf: Vec<Cell<'a>>,
     emit: &'e mut dyn FnMut(&[Cell<'a>]) -> Result<(), RowError>,
     _view: &'s CompiledView,
@@ -89,7 +89,7 @@ impl<'s, 'a> Walk<'s, 'a, '_> {
         let env = self.env(row_index);
         let index = match focus {
             [Item::Node(json, _)] if !node.member_names.is_empty() => {
-                MemberIndex::build(json, &node.member_names)
+                MemberIndex::build(*json, &node.member_names)
             }
             _ => None,
         };
@@ -218,7 +218,7 @@ fn repeat<'a>(
 
 impl CompiledView {
     /// Does the view read resources of this type?
-    pub fn applies_to(&self, resource: &Json) -> bool {
+    pub fn applies_to(&self, resource: Json<'_>) -> bool {
         resource.resource_type() == Some(self.resource.as_str())
     }
 
@@ -226,7 +226,7 @@ impl CompiledView {
     /// out by `where`).
     pub fn rows<'a>(
         &self,
-        resource: &'a Json,
+        resource: Json<'a>,
         emit: &mut dyn FnMut(&[Cell<'a>]) -> Result<(), RowError>,
     ) -> Result<(), RowError> {
         if !self.applies_to(resource) {
@@ -549,7 +549,7 @@ impl ViewBatchBuilder {
 
     /// Appends the rows of one resource. Either all its rows are appended or none: a resource
     /// that fails part way is reported and the rows appended before it are kept.
-    pub fn append(&mut self, resource: &Json) -> Result<usize, RowError> {
+    pub fn append(&mut self, resource: Json<'_>) -> Result<usize, RowError> {
         let view = self.view.clone();
         let columns = &mut self.columns;
         let mut count = 0;
@@ -568,7 +568,7 @@ impl ViewBatchBuilder {
                 if let Some(ids) = &mut self.resource_ids {
                     let id = resource
                         .member("id")
-                        .and_then(JsonExt::text)
+                        .and_then(Json::text)
                         .unwrap_or_default();
                     for _ in 0..count {
                         ids.append_value(id);

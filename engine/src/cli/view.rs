@@ -194,8 +194,7 @@ async fn run_view(args: RunArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {message}");
             }
             Input::Resource(at, resource) => {
-                let json = json::from_serde(&resource);
-                if let Err(e) = builder.append(&json) {
+                if let Err(e) = json::with_serde(&resource, |json| builder.append(json)) {
                     problems += 1;
                     eprintln!(
                         "error: {at}: view {}: {}: {}",

@@ -11,7 +11,7 @@
 //!   view rows whose resource is no longer in the raw table (deleted).
 //!
 //! Resource JSON is read back from the raw table and parsed into the borrowed tree of
-//! `fhirlake_views::json`: a second parse of the changed resources, because the raw MERGE
+//! `fhirlake_views::JsonParser`: a second parse of the changed resources, because the raw MERGE
 //! decides which version of a resource wins only after the pipeline's parse is gone.
 
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use fhirlake_sql::{LakeSession, LakeTable};
 use fhirlake_views::run::RESOURCE_ID_COLUMN;
-use fhirlake_views::{CompiledView, ViewBatchBuilder, json};
+use fhirlake_views::{CompiledView, JsonParser, ViewBatchBuilder};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::lake::{DeidStamp, Lake, TableId};
@@ -283,6 +283,7 @@ async fn compute_rows(
     let mut batches = Vec::new();
     let mut touched = Vec::new();
     let mut failed = 0u64;
+    let mut parser = JsonParser::default();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| Error::datafusion(&context, e))?;
         let ids = text_column(&batch, 0)?;
@@ -290,9 +291,8 @@ async fn compute_rows(
         for i in 0..batch.num_rows() {
             let id = ids.value(i);
             touched.push(id.to_string());
-            let outcome = match json::parse(resources.value(i)) {
-                Ok(json) => builder
-                    .append(&json)
+            let outcome = match parser.parse(resources.value(i), |json| builder.append(json)) {
+                Ok(appended) => appended
                     .map(|_| ())
                     .map_err(|e| format!("{}: {}", e.element, e.reason)),
                 Err(_) => Err("stored resource is not valid JSON".to_string()),

@@ -14,7 +14,7 @@ use super::temporal::{
     parse_time, time_boundary_text,
 };
 use super::{BinOp, Expr, Func, Literal, TypeSpec};
-use crate::json::{Json, JsonExt, Kind, format_float};
+use crate::json::{Json, Kind, format_float};
 
 /// A primitive value.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +85,7 @@ impl Prim<'_> {
 #[derive(Debug, Clone)]
 pub enum Item<'a> {
     /// A node of the resource and its FHIR type name when known (`Quantity`, `dateTime`, ...).
-    Node(&'a Json, Option<&'a str>),
+    Node(Json<'a>, Option<&'a str>),
     /// A computed value.
     Prim(Prim<'a>),
 }
@@ -110,7 +110,7 @@ impl<'a> Item<'a> {
     pub fn prim(&self) -> Option<Prim<'a>> {
         match self {
             Item::Prim(p) => Some(p.clone()),
-            Item::Node(json, ty) => match JsonExt::kind(*json) {
+            Item::Node(json, ty) => match json.kind() {
                 Kind::Bool(b) => Some(Prim::Bool(b)),
                 Kind::Int(i) if is_type(*ty, "decimal") => Some(Prim::Dec(i as f64, 0)),
                 Kind::Int(i) => Some(Prim::Int(i)),
@@ -131,9 +131,9 @@ impl<'a> Item<'a> {
         }
     }
 
-    fn json(&self) -> Option<&'a Json> {
+    fn json(&self) -> Option<Json<'a>> {
         match self {
-            Item::Node(json, _) => Some(json),
+            Item::Node(json, _) => Some(*json),
             Item::Prim(_) => None,
         }
     }
@@ -143,7 +143,7 @@ impl<'a> Item<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Env<'a> {
     /// The resource the row comes from (`%resource`, `getResourceKey()` fallback).
-    pub resource: &'a Json,
+    pub resource: Json<'a>,
     /// `%rowIndex` of the innermost iteration.
     pub row_index: i64,
     /// `$index` inside `where`/`select`/`all`.
@@ -251,7 +251,7 @@ pub(crate) fn member_match<'k>(key: &'k str, name: &str) -> Option<Option<&'k st
 }
 
 /// Pushes the children named `name` of `json` (array members flattened, nulls skipped).
-fn push_member<'a>(json: &'a Json, name: &str, out: &mut Coll<'a>) {
+fn push_member<'a>(json: Json<'a>, name: &str, out: &mut Coll<'a>) {
     let _ = for_each_member(json, name, &mut |item| {
         out.push(item);
         ControlFlow::Continue(())
@@ -261,7 +261,7 @@ fn push_member<'a>(json: &'a Json, name: &str, out: &mut Coll<'a>) {
 /// Calls `f` with each child named `name` of `json` (array members flattened, nulls skipped), in
 /// document order, until it breaks. The evaluator and the compiled paths share this.
 pub(crate) fn for_each_member<'a>(
-    json: &'a Json,
+    json: Json<'a>,
     name: &str,
     f: &mut dyn FnMut(Item<'a>) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
@@ -282,33 +282,33 @@ pub(crate) fn for_each_member<'a>(
 
 /// The items of one member's value: an array's non-null elements, or the value unless null.
 pub(crate) fn for_each_member_value<'a>(
-    value: &'a Json,
+    value: Json<'a>,
     ty: Option<&'a str>,
     f: &mut dyn FnMut(Item<'a>) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
     if let Some(items) = value.array() {
-        for child in items {
-            if !child.is_null_value() {
+        for child in items.iter() {
+            if !child.is_null() {
                 f(Item::Node(child, ty))?;
             }
         }
-    } else if !value.is_null_value() {
+    } else if !value.is_null() {
         f(Item::Node(value, ty))?;
     }
     ControlFlow::Continue(())
 }
 
 /// The resource `getResourceKey()` reads: the focus when it is one resource, else the row's.
-pub(crate) fn resource_key_target<'a>(focus: &[Item<'a>], resource: &'a Json) -> &'a Json {
+pub(crate) fn resource_key_target<'a>(focus: &[Item<'a>], resource: Json<'a>) -> Json<'a> {
     match focus {
-        [Item::Node(json, _)] if json.resource_type().is_some() => json,
+        [Item::Node(json, _)] if json.resource_type().is_some() => *json,
         _ => resource,
     }
 }
 
 /// `getReferenceKey([T])` of one item: the id part of its `reference`, when of type `T`.
 pub(crate) fn reference_key<'a>(item: &Item<'a>, wanted: Option<&TypeSpec>) -> Option<Item<'a>> {
-    let reference = item.json()?.member("reference").and_then(JsonExt::text)?;
+    let reference = item.json()?.member("reference").and_then(Json::text)?;
     let (ty, id) = reference_parts(reference)?;
     if let Some(wanted) = wanted
         && ty != Some(wanted.name.as_str())
@@ -487,7 +487,7 @@ pub fn evaluate<'a>(expr: &Expr, focus: &[Item<'a>], env: &Env<'a>) -> Res<Coll<
                         out.push(item.clone());
                         continue;
                     }
-                    push_member(json, name, &mut out);
+                    push_member(*json, name, &mut out);
                 }
             }
             Ok(out)
@@ -786,7 +786,7 @@ fn int_arg<'a>(
 }
 
 /// The resource key of a resource node: its `id`.
-pub(crate) fn resource_key(json: &Json) -> Option<Item<'_>> {
+pub(crate) fn resource_key(json: Json<'_>) -> Option<Item<'_>> {
     json.member("id")
         .filter(|id| matches!(id.kind(), Kind::Str(_)))
         .map(|id| Item::Node(id, None))
@@ -803,6 +803,15 @@ pub fn reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
     }
     if reference.starts_with('#') {
         return None;
+    }
+    // The common `Type/id` in one scan; the general split below gives the same answer for it.
+    if let Some((ty, id)) = reference.split_once('/')
+        && ty.starts_with(|c: char| c.is_ascii_uppercase())
+        && !id.is_empty()
+        && !id.bytes().any(|b| matches!(b, b'/' | b'?' | b'#'))
+        && !ty.bytes().any(|b| matches!(b, b'?' | b'#'))
+    {
+        return Some((Some(ty), id));
     }
     let path = reference.split(['?', '#']).next().unwrap_or(reference);
     // Segments from the end, empty ones skipped: `[.., ty, id]` or `[.., ty, id, _history, v]`.
@@ -928,11 +937,9 @@ fn call<'a>(
             for item in input {
                 if let Item::Node(json, _) = item {
                     let mut extensions = Vec::new();
-                    push_member(json, "extension", &mut extensions);
+                    push_member(*json, "extension", &mut extensions);
                     out.extend(extensions.into_iter().filter(|e| {
-                        e.json()
-                            .and_then(|j| j.member("url"))
-                            .and_then(JsonExt::text)
+                        e.json().and_then(|j| j.member("url")).and_then(Json::text)
                             == Some(url.as_str())
                     }));
                 }
@@ -1116,7 +1123,7 @@ fn call<'a>(
         Func::Children => {
             let mut out = Vec::new();
             for item in input {
-                if let Some(Kind::Object(members)) = item.json().map(JsonExt::kind) {
+                if let Some(Kind::Object(members)) = item.json().map(Json::kind) {
                     for (_, value) in members.iter() {
                         match value.kind() {
                             Kind::Array(items) => {
@@ -1189,21 +1196,23 @@ mod tests {
     use crate::fhirpath::parse;
 
     fn eval_on(text: &str, path: &str) -> Vec<String> {
-        let json = crate::json::parse(text).unwrap();
-        let env = Env {
-            resource: &json,
-            row_index: 0,
-            index: 0,
-        };
-        let expr = parse(path).unwrap();
-        evaluate(&expr, &[Item::Node(&json, None)], &env)
-            .unwrap()
-            .iter()
-            .map(|i| match i.prim() {
-                Some(p) => p.to_text().into_owned(),
-                None => i.json().map(|j| j.to_json_string()).unwrap_or_default(),
-            })
-            .collect()
+        crate::json::parse(text, |json| {
+            let env = Env {
+                resource: json,
+                row_index: 0,
+                index: 0,
+            };
+            let expr = parse(path).unwrap();
+            evaluate(&expr, &[Item::Node(json, None)], &env)
+                .unwrap()
+                .iter()
+                .map(|i| match i.prim() {
+                    Some(p) => p.to_text().into_owned(),
+                    None => i.json().map(|j| j.to_json_string()).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap()
     }
 
     const OBS: &str = r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"},
@@ -1253,5 +1262,23 @@ mod tests {
         );
         assert_eq!(reference_parts("urn:uuid:abc"), Some((None, "abc")));
         assert_eq!(reference_parts("#c1"), None);
+        // The one-scan `Type/id` path and the general split agree at their border.
+        assert_eq!(
+            reference_parts("Patient/1?x=y"),
+            Some((Some("Patient"), "1"))
+        );
+        assert_eq!(
+            reference_parts("Patient/1#frag"),
+            Some((Some("Patient"), "1"))
+        );
+        assert_eq!(reference_parts("Patient/1/"), Some((Some("Patient"), "1")));
+        assert_eq!(reference_parts("Patient/"), None);
+        assert_eq!(reference_parts("patient/1"), None);
+        assert_eq!(reference_parts("/Patient/1"), Some((Some("Patient"), "1")));
+        assert_eq!(
+            reference_parts("Patient/1/_history/2"),
+            Some((Some("Patient"), "1"))
+        );
+        assert_eq!(reference_parts("_history/2"), None);
     }
 }

@@ -15,7 +15,7 @@ pub mod temporal;
 
 pub use eval::{Env, Item, Prim, evaluate};
 pub use parse::{ParseError, parse};
-pub use path::{MemberIndex, PathPlan};
+pub use path::{MemberIndex, MemberNames, PathPlan};
 
 /// A parsed FHIRPath expression.
 #[derive(Debug, Clone, PartialEq)]

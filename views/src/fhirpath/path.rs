@@ -15,7 +15,7 @@ use super::eval::{
     resource_key, resource_key_target,
 };
 use super::{BinOp, Expr, Func, TypeSpec};
-use crate::json::{Json, JsonExt};
+use crate::json::Json;
 
 /// Where a path starts.
 #[derive(Debug, Clone)]
@@ -60,22 +60,61 @@ pub struct PathPlan {
 #[derive(Debug)]
 pub struct MemberIndex<'a> {
     /// `(name index, choice type, value)` in document order.
-    hits: Vec<(usize, Option<&'a str>, &'a Json)>,
+    hits: Vec<(usize, Option<&'a str>, Json<'a>)>,
 }
 
 impl<'a> MemberIndex<'a> {
     /// The members of `focus` matching `names` (`None` when the focus is not an object).
-    pub fn build(focus: &'a Json, names: &[String]) -> Option<Self> {
+    pub fn build(focus: Json<'a>, names: &MemberNames) -> Option<Self> {
         let members = focus.object()?;
-        let mut hits = Vec::with_capacity(names.len() + 2);
+        let mut hits = Vec::with_capacity(names.names.len() + 2);
         for (key, value) in members.iter() {
-            for (i, name) in names.iter().enumerate() {
-                if let Some(ty) = member_match(key, name) {
+            // Only the names starting with the key's first byte can match it.
+            let mut candidates = key
+                .as_bytes()
+                .first()
+                .map_or(0, |b| names.by_first_byte[*b as usize]);
+            while candidates != 0 {
+                let i = candidates.trailing_zeros() as usize;
+                candidates &= candidates - 1;
+                if let Some(ty) = member_match(key, &names.names[i]) {
                     hits.push((i, ty, value));
                 }
             }
         }
         Some(Self { hits })
+    }
+}
+
+/// The first member names a select's columns start from, with a first-byte filter.
+#[derive(Debug, Clone)]
+pub struct MemberNames {
+    names: Vec<String>,
+    /// Bit `i` of entry `b`: name `i` starts with byte `b`.
+    by_first_byte: Box<[u64; 256]>,
+}
+
+impl MemberNames {
+    /// At most this many names are indexed (one bit each).
+    pub const MAX: usize = 64;
+
+    /// The index over `names` (at most [`Self::MAX`]).
+    pub fn new(names: Vec<String>) -> Self {
+        let mut by_first_byte = Box::new([0u64; 256]);
+        for (i, name) in names.iter().enumerate().take(Self::MAX) {
+            if let Some(b) = name.as_bytes().first() {
+                by_first_byte[*b as usize] |= 1 << i;
+            }
+        }
+        Self {
+            names,
+            by_first_byte,
+        }
+    }
+
+    /// True when no name is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
     }
 }
 
@@ -157,10 +196,14 @@ impl PathPlan {
     pub fn bind_first_member(&mut self, names: &mut Vec<String>) {
         match (&mut self.source, self.steps.first()) {
             (Source::Focus, Some(Step::Member(name))) => {
-                let i = names.iter().position(|n| n == name).unwrap_or_else(|| {
-                    names.push(name.clone());
-                    names.len() - 1
-                });
+                let i = match names.iter().position(|n| n == name) {
+                    Some(i) => i,
+                    None if names.len() < MemberNames::MAX => {
+                        names.push(name.clone());
+                        names.len() - 1
+                    }
+                    None => return,
+                };
                 self.first = Some(i);
             }
             (Source::FirstOf(branches), _) => {
@@ -177,7 +220,7 @@ impl PathPlan {
     pub fn for_each<'a>(
         &self,
         focus: &[Item<'a>],
-        resource: &'a Json,
+        resource: Json<'a>,
         sink: &mut dyn FnMut(Item<'a>),
     ) {
         self.for_each_indexed(focus, resource, None, sink);
@@ -188,7 +231,7 @@ impl PathPlan {
     pub fn for_each_indexed<'a>(
         &self,
         focus: &[Item<'a>],
-        resource: &'a Json,
+        resource: Json<'a>,
         index: Option<&MemberIndex<'a>>,
         sink: &mut dyn FnMut(Item<'a>),
     ) {
@@ -202,7 +245,7 @@ impl PathPlan {
     fn run<'a>(
         &self,
         focus: &[Item<'a>],
-        resource: &'a Json,
+        resource: Json<'a>,
         index: Option<&MemberIndex<'a>>,
         sink: &mut dyn FnMut(Item<'a>) -> Flow,
     ) -> Flow {
@@ -308,38 +351,40 @@ mod tests {
         "note":[null,{"text":"n"}]}"#;
 
     fn both(path: &str) -> (Vec<String>, Option<Vec<String>>) {
-        let json = crate::json::parse(OBSERVATION).unwrap();
-        let focus = [Item::Node(&json, None)];
-        let env = Env {
-            resource: &json,
-            row_index: 0,
-            index: 0,
-        };
-        let expr = parse(path).unwrap();
-        let show = |item: &Item<'_>| match item.prim() {
-            Some(p) => format!("{p:?}"),
-            None => format!("{:?}", item),
-        };
-        let general = evaluate(&expr, &focus, &env)
-            .unwrap()
-            .iter()
-            .map(show)
-            .collect();
-        let compiled = PathPlan::compile(&expr).map(|mut plan| {
-            let mut out = Vec::new();
-            plan.for_each(&focus, &json, &mut |item| out.push(show(&item)));
-            // The same through a member index shared with other names.
-            let mut names = vec!["code".to_string(), "valueString".to_string()];
-            plan.bind_first_member(&mut names);
-            let index = MemberIndex::build(&json, &names).unwrap();
-            let mut indexed = Vec::new();
-            plan.for_each_indexed(&focus, &json, Some(&index), &mut |item| {
-                indexed.push(show(&item))
+        crate::json::parse(OBSERVATION, |json| {
+            let focus = [Item::Node(json, None)];
+            let env = Env {
+                resource: json,
+                row_index: 0,
+                index: 0,
+            };
+            let expr = parse(path).unwrap();
+            let show = |item: &Item<'_>| match item.prim() {
+                Some(p) => format!("{p:?}"),
+                None => format!("{:?}", item),
+            };
+            let general = evaluate(&expr, &focus, &env)
+                .unwrap()
+                .iter()
+                .map(show)
+                .collect();
+            let compiled = PathPlan::compile(&expr).map(|mut plan| {
+                let mut out = Vec::new();
+                plan.for_each(&focus, json, &mut |item| out.push(show(&item)));
+                // The same through a member index shared with other names.
+                let mut names = vec!["code".to_string(), "valueString".to_string()];
+                plan.bind_first_member(&mut names);
+                let index = MemberIndex::build(json, &MemberNames::new(names)).unwrap();
+                let mut indexed = Vec::new();
+                plan.for_each_indexed(&focus, json, Some(&index), &mut |item| {
+                    indexed.push(show(&item))
+                });
+                assert_eq!(out, indexed, "{path} through the member index");
+                out
             });
-            assert_eq!(out, indexed, "{path} through the member index");
-            out
-        });
-        (general, compiled)
+            (general, compiled)
+        })
+        .unwrap()
     }
 
     #[test]
