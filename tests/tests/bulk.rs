@@ -3,8 +3,10 @@
 //! recovers (and the lake holds exactly the exported resources) or fails with a clear message.
 
 use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fhirlake_tests::bulk_server::{Faults, MockBulkServer, test_client};
@@ -482,8 +484,8 @@ fn a_killed_pull_resumes_and_downloads_only_what_is_missing() {
             "--parallel",
             "1",
         ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for("a first finished file", || {
@@ -562,8 +564,8 @@ fn cancel_deletes_a_running_export() {
     let landing = dir.path().join("export");
     let mut child = cli(dir.path())
         .args(["pull", &server.base_url(), "--landing", "export"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for("the status URL", || {
@@ -576,4 +578,112 @@ fn cancel_deletes_a_running_export() {
     assert!(text(&output.stdout).contains("cancelled the export at"));
     assert_eq!(server.counters().status_deletes, 1);
     assert!(state(&landing).is_none());
+}
+
+/// The lines a child writes to stderr, as they come.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (at most a minute) until `lines` has shown a line for which `wanted` holds; returns the
+/// lines seen and whether one matched.
+fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    mut wanted: impl FnMut(&str) -> bool,
+) -> (Vec<String>, bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match lines.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                let found = wanted(&line);
+                seen.push(line);
+                if found {
+                    return (seen, true);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    (seen, false)
+}
+
+#[test]
+fn ingest_bulk_reads_each_file_as_it_lands_and_a_killed_run_commits_nothing() {
+    // Condition downloads are held by the server until released: every other file can only be
+    // ingested while a download is still running.
+    let types = "Patient,Condition,Device";
+    let server = server(Faults {
+        hold_type: Some("Condition".into()),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = fhirlake(dir.path())
+        .env("FHIRLAKE_BULK_MIN_WAIT_MS", "5")
+        .env("FHIRLAKE_BULK_MAX_WAIT_MS", "100")
+        .args(["ingest", &server.base_url(), "--bulk", "--lake", "L"])
+        .args(["--unsafe-no-deid", "--type", types, "--parallel", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let mut read = Vec::new();
+    let (seen, both_read) = wait_for_line(&lines, |line| {
+        // The ingest's progress line for a file it finished reading.
+        if line.starts_with("read ") {
+            read.extend(["Patient", "Device"].into_iter().filter(|t| line.contains(t)));
+        }
+        read.contains(&"Patient") && read.contains(&"Device")
+    });
+    let held = server.counters().file_requests.get("Condition.1.ndjson").copied();
+    child.kill().unwrap(); // SIGKILL, with Condition still downloading
+    child.wait().unwrap();
+    server.release_held();
+    assert!(
+        both_read,
+        "Patient and Device ingested while Condition downloads: {seen:#?}"
+    );
+    assert_eq!(held, Some(1), "Condition was requested and held");
+    // Nothing was committed by the killed run.
+    assert!(
+        lake_counts(dir.path()).is_empty(),
+        "{:?}",
+        lake_counts(dir.path())
+    );
+
+    // The same command again: re-attaches to the export, downloads only Condition, ingests all.
+    server.set_faults(Faults::default());
+    let output = ingest_bulk(
+        dir.path(),
+        &server.base_url(),
+        &["--type", types, "--parallel", "2"],
+    );
+    assert_code(&output, 0);
+    let expected: Vec<&str> = types.split(',').collect();
+    assert_eq!(
+        lake_counts(dir.path()),
+        lower(server.expected_counts(&expected))
+    );
+    let counters = server.counters();
+    assert_eq!(counters.kickoffs, 1, "re-attached to the same export");
+    assert_eq!(counters.file_requests["Patient.1.ndjson"], 1);
+    assert_eq!(counters.file_requests["Device.1.ndjson"], 1);
+    assert_eq!(counters.file_requests["Condition.1.ndjson"], 2);
+    assert_eq!(
+        sql_count(dir.path(), "L", "SELECT count(*) FROM lake.runs"),
+        1
+    );
+    assert!(!dir.path().join("landing/bulk").exists());
 }

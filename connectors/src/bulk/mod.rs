@@ -27,6 +27,8 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::error::Error;
+use crate::location::Location;
+use crate::plan::{FileFormat, FileRole, SourceFile};
 use crate::smart::SmartAuth;
 pub use http::RetryNote;
 use http::{GoneMeans, Http, read_limited};
@@ -52,6 +54,44 @@ pub trait PullObserver: Send + Sync {
     fn warn(&self, _message: &str) {}
 }
 
+/// A file of the export that is complete in the landing folder (downloaded and renamed, its state saved).
+#[derive(Debug, Clone)]
+pub struct ReadyFile {
+    /// Its place among the export's files: `output[]`, then `deleted[]`, then `error[]`, each in manifest
+    /// order (the order a landing folder is ingested in).
+    pub index: usize,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its entry in the resume state.
+    pub file: FileState,
+}
+
+impl ReadyFile {
+    /// The file as an ingest source, as a landing folder's `manifest.json` would list it; `None` for
+    /// `error[]` files (OperationOutcomes are reported, not ingested).
+    pub fn source(&self) -> Option<SourceFile> {
+        let role = match self.file.kind {
+            FileKind::Output => FileRole::Output,
+            FileKind::Deleted => FileRole::Deleted,
+            FileKind::Error => return None,
+        };
+        let output = role == FileRole::Output;
+        Some(SourceFile {
+            location: Location::Local(self.path.clone()),
+            format: FileFormat::Ndjson,
+            gzip: false,
+            role,
+            expected_type: output.then(|| self.file.resource_type.clone()),
+            expected_count: if output { self.file.count } else { None },
+        })
+    }
+}
+
+/// Receives each file the moment it is complete (files completed by an earlier run first, then each
+/// download as it finishes); returns `false` when it takes no more files, which stops the pull (the
+/// landing folder stays resumable).
+pub type FileSink = Arc<dyn Fn(ReadyFile) -> bool + Send + Sync>;
+
 /// An observer that reports nothing.
 #[derive(Debug, Default)]
 pub struct QuietPull;
@@ -72,6 +112,9 @@ pub struct PullOptions {
     pub observer: Arc<dyn PullObserver>,
     /// The command that reruns this pull (used in "export expired, run ... again" messages).
     pub rerun_hint: String,
+    /// Where complete files go as soon as they are complete (`ingest --bulk` streams them into the
+    /// ingest).
+    pub on_file: Option<FileSink>,
 }
 
 impl std::fmt::Debug for PullOptions {
@@ -81,6 +124,7 @@ impl std::fmt::Debug for PullOptions {
             .field("parallel", &self.parallel)
             .field("retry", &self.retry)
             .field("auth", &self.auth)
+            .field("on_file", &self.on_file.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -95,7 +139,14 @@ impl PullOptions {
             auth: None,
             observer: Arc::new(QuietPull),
             rerun_hint: "run the same command again to start a new export".into(),
+            on_file: None,
         }
+    }
+
+    /// Hands each complete file to `sink` as soon as it is complete.
+    pub fn with_file_sink(mut self, sink: Option<FileSink>) -> Self {
+        self.on_file = sink;
+        self
     }
 
     /// Downloads at the same time (at least 1).
@@ -205,6 +256,7 @@ pub async fn pull(request: &ExportRequest, options: &PullOptions) -> Result<Pull
         }
     };
     if state.phase == Phase::Complete {
+        hand_over_done(options, &state.files)?;
         return summarize(landing, &state, true, true, Vec::new());
     }
     state.save(landing)?;
@@ -321,6 +373,7 @@ async fn run_export(
         .map(|(i, f)| (i, f.clone()))
         .collect();
     observer.downloading(state.files.len(), pending.len());
+    hand_over_done(options, &state.files)?;
     let shared = Arc::new(Mutex::new(std::mem::replace(
         state,
         PullState::new(String::new(), String::new()),
@@ -335,12 +388,18 @@ async fn run_export(
                 let done = download::download_file(http, log, landing, &file, with_token, on_retry)
                     .await?;
                 observer.file_done(&file.local, done.lines, done.bytes);
-                let mut state = shared.lock().map_err(|_| poisoned(landing))?;
-                let entry = &mut state.files[index];
-                entry.done = true;
-                entry.lines = done.lines;
-                entry.bytes = done.bytes;
-                state.save(landing)
+                let ready = {
+                    let mut state = shared.lock().map_err(|_| poisoned(landing))?;
+                    let entry = &mut state.files[index];
+                    entry.done = true;
+                    entry.lines = done.lines;
+                    entry.bytes = done.bytes;
+                    let ready = entry.clone();
+                    state.save(landing)?;
+                    ready
+                };
+                // Saved as done first: a reader never gets a file a rerun would download again.
+                hand_over(options, index, &ready)
             }
         })
         .await;
@@ -367,6 +426,34 @@ async fn run_export(
     state.phase = Phase::Complete;
     state.save(landing)?;
     Ok(warnings)
+}
+
+/// Hands the files already complete to the file sink.
+fn hand_over_done(options: &PullOptions, files: &[FileState]) -> Result<(), Error> {
+    for (index, file) in files.iter().enumerate().filter(|(_, f)| f.done) {
+        hand_over(options, index, file)?;
+    }
+    Ok(())
+}
+
+/// Hands one complete file to the file sink, if any.
+fn hand_over(options: &PullOptions, index: usize, file: &FileState) -> Result<(), Error> {
+    let Some(sink) = &options.on_file else {
+        return Ok(());
+    };
+    let ready = ReadyFile {
+        index,
+        path: options.landing.join(&file.local),
+        file: file.clone(),
+    };
+    if sink(ready) {
+        Ok(())
+    } else {
+        Err(Error::BulkState {
+            location: options.landing.display().to_string(),
+            reason: "the reader of the downloaded files stopped, so the pull stopped too; the same command resumes it".into(),
+        })
+    }
 }
 
 fn poisoned(landing: &Path) -> Error {

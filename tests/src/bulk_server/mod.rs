@@ -52,6 +52,8 @@ pub struct Faults {
     pub error_outcomes: u32,
     /// Pause between 4 KiB chunks of a download.
     pub chunk_delay: Duration,
+    /// Downloads of this type's files wait (before answering) until [`MockBulkServer::release_held`].
+    pub hold_type: Option<String>,
 }
 
 /// A registered SMART Backend Services client.
@@ -138,6 +140,8 @@ struct Shared {
     cut_done: HashSet<String>,
     status_429_sent: usize,
     kickoff_429_sent: bool,
+    /// Opened (given permits) by `release_held`.
+    hold_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The running mock server.
@@ -156,6 +160,7 @@ impl MockBulkServer {
             faults,
             client,
             data,
+            hold_gate: Some(Arc::new(tokio::sync::Semaphore::new(0))),
             ..Shared::default()
         }));
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -216,6 +221,14 @@ impl MockBulkServer {
         shared.faults = faults;
         shared.status_429_sent = 0;
         shared.kickoff_429_sent = false;
+    }
+
+    /// Lets the downloads held by [`Faults::hold_type`] go on (now and later).
+    pub fn release_held(&self) {
+        let shared = self.shared.lock().unwrap();
+        if let Some(gate) = &shared.hold_gate {
+            gate.add_permits(1_000);
+        }
     }
 
     /// Resources per type that a full export of `types` (all when empty) returns now.
@@ -806,13 +819,27 @@ fn status(state: &Arc<Mutex<Shared>>, method: &Method, job_id: u64, base: &str) 
 }
 
 async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -> Response<Body> {
-    let (body, cut, delay) = {
+    let held = {
         let mut shared = state.lock().unwrap();
         *shared
             .counters
             .file_requests
             .entry(name.to_string())
             .or_default() += 1;
+        let held_type = shared.faults.hold_type.clone();
+        let is_held = shared
+            .jobs
+            .get(&job_id)
+            .and_then(|j| j.files.iter().find(|f| f.name == name))
+            .is_some_and(|f| held_type.as_deref() == Some(f.resource_type.as_str()));
+        shared.hold_gate.clone().filter(|_| is_held)
+    };
+    if let Some(gate) = held {
+        // A permit is returned when dropped: once released, every held download goes on.
+        let _permit = gate.acquire().await;
+    }
+    let (body, cut, delay) = {
+        let mut shared = state.lock().unwrap();
         let faults = shared.faults.clone();
         let Some(file) = shared
             .jobs
