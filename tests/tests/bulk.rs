@@ -687,3 +687,52 @@ fn ingest_bulk_reads_each_file_as_it_lands_and_a_killed_run_commits_nothing() {
     );
     assert!(!dir.path().join("landing/bulk").exists());
 }
+
+#[test]
+fn a_paged_manifest_is_followed_to_its_last_page_with_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, key) = test_client(dir.path(), Duration::from_secs(600));
+    // Two file entries per page: the SMALL types' files and the error[] file span 3 pages.
+    let server = MockBulkServer::start(
+        &data_dir(),
+        1,
+        Faults {
+            manifest_page_size: 2,
+            error_outcomes: 1,
+            ..Faults::default()
+        },
+        Some(client),
+    );
+    let output = ingest_bulk(
+        dir.path(),
+        &server.base_url(),
+        &[
+            "--type",
+            &SMALL.join(","),
+            "--client-id",
+            "fhirlake-test",
+            "--client-key",
+            key.to_str().unwrap(),
+            "--landing",
+            "landing",
+        ],
+    );
+    assert_code(&output, 0);
+    assert_eq!(
+        lake_counts(dir.path()),
+        lower(server.expected_counts(SMALL))
+    );
+    let counters = server.counters();
+    assert_eq!(counters.manifest_pages, 2, "{counters:?}");
+    assert_eq!(counters.unauthorized, 0, "every page with the token");
+    assert!(
+        counters.file_requests.values().all(|n| *n == 1),
+        "{counters:?}"
+    );
+    // The error[] entry of the last page is surfaced.
+    assert!(
+        text(&output.stderr).contains("export error number 0"),
+        "{}",
+        text(&output.stderr)
+    );
+}

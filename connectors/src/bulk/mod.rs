@@ -31,7 +31,7 @@ use crate::location::Location;
 use crate::plan::{FileFormat, FileRole, SourceFile};
 use crate::smart::SmartAuth;
 pub use http::RetryNote;
-use http::{GoneMeans, Http, read_limited};
+use http::{GoneMeans, Http, read_body};
 use log::EventLog;
 pub use manifest::{Manifest, ManifestEntry};
 pub use request::{ExportLevel, ExportRequest};
@@ -351,7 +351,7 @@ async fn run_export(
                 "totalOutputFileCount": manifest.output.len(),
                 "totalDeletedFileCount": manifest.deleted.len(),
                 "totalErrorFileCount": manifest.error.len(),
-                "totalManifests": 1,
+                "totalManifests": raw.get("totalManifests").and_then(Value::as_u64).unwrap_or(1),
             }),
         );
         state.files = plan_files(&manifest, &status_url)?;
@@ -593,16 +593,112 @@ async fn poll_status(
             tokio::time::sleep(wait).await;
             continue;
         }
-        let location = status_url.to_string();
-        let body = read_limited(response).await;
-        let manifest = Manifest::parse(&body, &location)?;
-        let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (manifest, next) = read_manifest_page(response, status_url).await?;
         log.event(
             "status_complete",
             json!({"transactionTime": manifest.transaction_time}),
         );
-        return Ok((manifest, raw));
+        return follow_pages(http, status_url, manifest, next, &log_retry).await;
     }
+}
+
+/// Most manifest pages followed (a guard against a server that never ends its `next` links).
+const MAX_MANIFEST_PAGES: usize = 100_000;
+
+/// Reads one manifest page: the manifest and its `link` with `relation: next`, resolved against the
+/// page's URL.
+async fn read_manifest_page(
+    response: reqwest::Response,
+    page_url: &Url,
+) -> Result<(Manifest, Option<Url>), Error> {
+    let location = page_url.to_string();
+    let (body, complete) = read_body(response, http::MAX_MANIFEST_BODY).await;
+    if !complete {
+        return Err(Error::Manifest {
+            location,
+            path: "$".into(),
+            reason: format!(
+                "the manifest was cut off or is larger than {} MiB",
+                http::MAX_MANIFEST_BODY >> 20
+            ),
+        });
+    }
+    let manifest = Manifest::parse(&body, &location)?;
+    let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut next = None;
+    if let Some(links) = raw.get("link").and_then(Value::as_array) {
+        for (i, link) in links.iter().enumerate() {
+            if link.get("relation").and_then(Value::as_str) != Some("next") {
+                continue;
+            }
+            let url = link
+                .get("url")
+                .and_then(Value::as_str)
+                .and_then(|url| page_url.join(url).ok())
+                .ok_or_else(|| Error::Manifest {
+                    location: location.clone(),
+                    path: format!("link[{i}].url"),
+                    reason: "missing or not a URL".into(),
+                })?;
+            next = Some(url);
+            break;
+        }
+    }
+    Ok((manifest, next))
+}
+
+/// Follows the `next` links of a paged manifest (Bulk Data 2.0), with the same token and origin rules
+/// as the status URL, and returns the pages' `output[]`, `deleted[]` and `error[]` as one manifest
+/// (file URLs resolved against their page) and the manifest as saved in the resume state.
+async fn follow_pages(
+    http: &Http,
+    status_url: &Url,
+    mut manifest: Manifest,
+    mut next: Option<Url>,
+    on_retry: &(dyn Fn(&RetryNote) + Sync),
+) -> Result<(Manifest, Value), Error> {
+    let build = |builder: reqwest::RequestBuilder| {
+        builder.header(reqwest::header::ACCEPT, "application/json")
+    };
+    let mut seen = std::collections::HashSet::from([status_url.to_string()]);
+    let mut pages = 1usize;
+    while let Some(page_url) = next.take() {
+        if !seen.insert(page_url.to_string()) || pages >= MAX_MANIFEST_PAGES {
+            return Err(Error::Manifest {
+                location: page_url.to_string(),
+                path: "link".into(),
+                reason: format!(
+                    "the manifest's next links loop or exceed {MAX_MANIFEST_PAGES} pages"
+                ),
+            });
+        }
+        let response = http
+            .send(
+                Method::GET,
+                &page_url,
+                true,
+                GoneMeans::Expired,
+                &build,
+                on_retry,
+            )
+            .await?;
+        let (page, page_next) = read_manifest_page(response, &page_url).await?;
+        manifest.requires_access_token |= page.requires_access_token;
+        let resolve = |mut entry: ManifestEntry| {
+            if let Ok(url) = page_url.join(&entry.url) {
+                entry.url = url.to_string();
+            }
+            entry
+        };
+        manifest.output.extend(page.output.into_iter().map(resolve));
+        manifest.deleted.extend(page.deleted.into_iter().map(resolve));
+        manifest.error.extend(page.error.into_iter().map(resolve));
+        next = page_next;
+        pages += 1;
+    }
+    let mut raw = serde_json::to_value(&manifest).unwrap_or(Value::Null);
+    raw["totalManifests"] = json!(pages);
+    Ok((manifest, raw))
 }
 
 /// The files of a manifest, with their local names.

@@ -52,6 +52,8 @@ pub struct Faults {
     pub error_outcomes: u32,
     /// Pause between 4 KiB chunks of a download.
     pub chunk_delay: Duration,
+    /// File entries per manifest page (Bulk Data 2.0 `link` `next`); 0: one page.
+    pub manifest_page_size: usize,
     /// Downloads of this type's files wait (before answering) until [`MockBulkServer::release_held`].
     pub hold_type: Option<String>,
 }
@@ -97,6 +99,8 @@ pub struct Counters {
     pub status_deletes: u32,
     /// Requests per file name.
     pub file_requests: HashMap<String, u32>,
+    /// Requests of manifest pages after the first.
+    pub manifest_pages: u32,
     pub tokens_issued: u32,
     pub unauthorized: u32,
     pub since_values: Vec<Option<String>>,
@@ -427,6 +431,21 @@ async fn handle(
         .is_some_and(|id| !id.is_empty() && !id.contains('/'));
     if path == "/fhir/$export" || path == "/fhir/Patient/$export" || is_group_export {
         return kickoff(&state, &method, &path, &query, &headers, &body, &base);
+    }
+    if let Some((job, page)) = path
+        .strip_prefix("/fhir/bulkstatus/")
+        .and_then(|rest| rest.split_once("/page/"))
+    {
+        let (job, page) = (
+            job.parse().unwrap_or(u64::MAX),
+            page.parse().unwrap_or(usize::MAX),
+        );
+        let mut shared = state.lock().unwrap();
+        shared.counters.manifest_pages += 1;
+        return match manifest_page(&shared, job, page, &base) {
+            Some(body) => full(StatusCode::OK, "application/json", body.to_string()),
+            None => outcome(StatusCode::NOT_FOUND, "not-found", "no such manifest page"),
+        };
     }
     if let Some(job) = path.strip_prefix("/fhir/bulkstatus/") {
         let job: u64 = job.parse().unwrap_or(u64::MAX);
@@ -772,7 +791,6 @@ fn status(state: &Arc<Mutex<Shared>>, method: &Method, job_id: u64, base: &str) 
         return response;
     }
     let faults = shared.faults.clone();
-    let requires_token = shared.client.is_some();
     let Some(job) = shared.jobs.get_mut(&job_id) else {
         return outcome(StatusCode::NOT_FOUND, "not-found", "no such export");
     };
@@ -790,6 +808,15 @@ fn status(state: &Arc<Mutex<Shared>>, method: &Method, job_id: u64, base: &str) 
             )
             .unwrap();
     }
+    let body = manifest_page(&shared, job_id, 0, base).expect("job");
+    full(StatusCode::OK, "application/json", body.to_string())
+}
+
+/// Page `page` (from 0) of a finished job's manifest: the entries of `output`, `deleted` and `error`
+/// in that order, `manifest_page_size` per page, each page but the last with a `next` link.
+fn manifest_page(shared: &Shared, job_id: u64, page: usize, base: &str) -> Option<Value> {
+    let faults = &shared.faults;
+    let job = shared.jobs.get(&job_id)?;
     let entry = |f: &ExportFile| {
         let count = if faults.wrong_count_type.as_deref() == Some(f.resource_type.as_str()) {
             f.count + 5
@@ -798,24 +825,40 @@ fn status(state: &Arc<Mutex<Shared>>, method: &Method, job_id: u64, base: &str) 
         };
         json!({"type": f.resource_type, "url": format!("{base}/fhir/bulkfiles/{job_id}/{}", f.name), "count": count})
     };
+    let files: Vec<&ExportFile> = ["output", "deleted", "error"]
+        .iter()
+        .flat_map(|kind| job.files.iter().filter(move |f| f.kind == *kind))
+        .collect();
+    let size = match faults.manifest_page_size {
+        0 => files.len().max(1),
+        n => n,
+    };
+    let pages = files.len().div_ceil(size).max(1);
+    if page >= pages {
+        return None;
+    }
+    let on_page = &files[(page * size).min(files.len())..((page + 1) * size).min(files.len())];
     let of = |kind: &str| {
-        job.files
+        on_page
             .iter()
             .filter(|f| f.kind == kind)
-            .map(entry)
+            .map(|f| entry(f))
             .collect::<Vec<_>>()
     };
-    let manifest = json!({
+    let mut manifest = json!({
         "transactionTime": job.transaction_time,
         "request": job.request,
-        "requiresAccessToken": requires_token,
+        "requiresAccessToken": shared.client.is_some(),
         "outputOrganizedBy": "",
         "output": of("output"),
         "deleted": of("deleted"),
         "error": of("error"),
         "extension": {"mock": true},
     });
-    full(StatusCode::OK, "application/json", manifest.to_string())
+    if page + 1 < pages {
+        manifest["link"] = json!([{"relation": "next", "url": format!("{base}/fhir/bulkstatus/{job_id}/page/{}", page + 1)}]);
+    }
+    Some(manifest)
 }
 
 async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -> Response<Body> {
