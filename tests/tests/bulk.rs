@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fhirlake_tests::bulk_server::{Faults, MockBulkServer, test_client};
+use fhirlake_tests::bulk_server::{Faults, MockBulkServer, test_client, test_rsa_client};
 use fhirlake_tests::*;
 use serde_json::{Value, json};
 
@@ -643,11 +643,19 @@ fn ingest_bulk_reads_each_file_as_it_lands_and_a_killed_run_commits_nothing() {
     let (seen, both_read) = wait_for_line(&lines, |line| {
         // The ingest's progress line for a file it finished reading.
         if line.starts_with("read ") {
-            read.extend(["Patient", "Device"].into_iter().filter(|t| line.contains(t)));
+            read.extend(
+                ["Patient", "Device"]
+                    .into_iter()
+                    .filter(|t| line.contains(t)),
+            );
         }
         read.contains(&"Patient") && read.contains(&"Device")
     });
-    let held = server.counters().file_requests.get("Condition.1.ndjson").copied();
+    let held = server
+        .counters()
+        .file_requests
+        .get("Condition.1.ndjson")
+        .copied();
     child.kill().unwrap(); // SIGKILL, with Condition still downloading
     child.wait().unwrap();
     server.release_held();
@@ -735,4 +743,128 @@ fn a_paged_manifest_is_followed_to_its_last_page_with_the_token() {
         "{}",
         text(&output.stderr)
     );
+}
+
+/// The lake holds exactly the resources of `types` the server exports (count by type), and the last
+/// run read each of them once (no line read twice).
+fn assert_exactly_exported(cwd: &Path, server: &MockBulkServer, types: &[&str]) {
+    let expected = server.expected_counts(types);
+    assert_eq!(lake_counts(cwd), lower(expected.clone()));
+    let read = sql_count(
+        cwd,
+        "L",
+        "SELECT \"read\" FROM lake.runs ORDER BY started_at DESC LIMIT 1",
+    );
+    assert_eq!(read as usize, expected.values().sum::<usize>());
+}
+
+/// `ingest --bulk` of the SMALL types with the SMART client flags.
+fn ingest_small_with_auth(
+    cwd: &Path,
+    server: &MockBulkServer,
+    key: &Path,
+    extra: &[&str],
+) -> Output {
+    let types = SMALL.join(",");
+    let mut args = vec![
+        "--type",
+        &types,
+        "--client-id",
+        "fhirlake-test",
+        "--client-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ingest_bulk(cwd, &server.base_url(), &args)
+}
+
+#[test]
+fn rs384_client_assertions_and_a_401_mid_download_get_a_new_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, key) = test_rsa_client(dir.path(), Duration::from_secs(600));
+    let server = MockBulkServer::start(
+        &data_dir(),
+        1,
+        Faults {
+            // The token is revoked when the Condition download starts: 401, new token, go on.
+            unauthorized_type: Some("Condition".into()),
+            ..Faults::default()
+        },
+        Some(client),
+    );
+    let output = ingest_small_with_auth(dir.path(), &server, &key, &["--kid", "rsa-test-key"]);
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert!(counters.unauthorized >= 1, "{counters:?}");
+    assert!(counters.tokens_issued >= 2, "a new token: {counters:?}");
+    assert_eq!(counters.file_requests["Condition.1.ndjson"], 2);
+    assert_eq!(counters.file_requests["Patient.1.ndjson"], 1);
+}
+
+#[test]
+fn a_transient_503_on_a_file_download_is_retried() {
+    let server = server(Faults {
+        unavailable_type: Some("Condition".into()),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let output = ingest_bulk(
+        dir.path(),
+        &server.base_url(),
+        &["--type", &SMALL.join(",")],
+    );
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert_eq!(counters.file_requests["Condition.1.ndjson"], 2);
+    assert_eq!(counters.file_requests["Patient.1.ndjson"], 1);
+}
+
+#[test]
+fn the_token_goes_to_no_other_origin_and_not_to_files_that_need_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, key) = test_client(dir.path(), Duration::from_secs(600));
+    // Files on a second listener (another port: another origin), the manifest requiring a token.
+    let server = MockBulkServer::start(
+        &data_dir(),
+        1,
+        Faults {
+            files_on_other_origin: true,
+            ..Faults::default()
+        },
+        Some(client.clone()),
+    );
+    let output = ingest_small_with_auth(dir.path(), &server, &key, &[]);
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert_eq!(
+        counters.other_origin_requests,
+        SMALL.len() as u32,
+        "{counters:?}"
+    );
+    assert_eq!(counters.file_requests_with_token, 0, "{counters:?}");
+    assert_eq!(counters.unauthorized, 0, "the server itself got the token");
+    assert!(counters.tokens_issued >= 1);
+
+    // Files on the server's own origin, the manifest saying `requiresAccessToken: false`.
+    let dir = tempfile::tempdir().unwrap();
+    let server = MockBulkServer::start(
+        &data_dir(),
+        1,
+        Faults {
+            files_without_token: true,
+            ..Faults::default()
+        },
+        Some(client),
+    );
+    let output = ingest_small_with_auth(dir.path(), &server, &key, &[]);
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert_eq!(counters.file_requests.len(), SMALL.len(), "{counters:?}");
+    assert_eq!(counters.file_requests_with_token, 0, "{counters:?}");
+    assert_eq!(counters.other_origin_requests, 0);
+    assert_eq!(counters.unauthorized, 0);
 }

@@ -691,7 +691,9 @@ async fn follow_pages(
             entry
         };
         manifest.output.extend(page.output.into_iter().map(resolve));
-        manifest.deleted.extend(page.deleted.into_iter().map(resolve));
+        manifest
+            .deleted
+            .extend(page.deleted.into_iter().map(resolve));
         manifest.error.extend(page.error.into_iter().map(resolve));
         next = page_next;
         pages += 1;

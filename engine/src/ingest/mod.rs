@@ -231,11 +231,7 @@ impl Ingest {
         let staging_dir = self.landing.join("staging").join(&run_id);
         let staging = Staging::create(staging_dir.clone())?;
         let runtime = tokio::runtime::Handle::current();
-        let (deid, observer, workers) = (
-            self.deid.clone(),
-            self.observer.clone(),
-            self.workers,
-        );
+        let (deid, observer, workers) = (self.deid.clone(), self.observer.clone(), self.workers);
         let (staged, mut rejects) = tokio::task::spawn_blocking(move || {
             let outcome = pipeline::run(
                 &files,
