@@ -868,3 +868,50 @@ fn the_token_goes_to_no_other_origin_and_not_to_files_that_need_none() {
     assert_eq!(counters.other_origin_requests, 0);
     assert_eq!(counters.unauthorized, 0);
 }
+
+/// The acceptance run of issue 7 at scale (not part of CI: run by `scripts/acceptance-bulk.sh`): the
+/// mock server simulates `FHIRLAKE_ACCEPTANCE_MULTIPLIER` (default 100) times the 100-patient export,
+/// `fhirlake ingest BASE --bulk --lake L` with the default de-identification ingests it, and the lake
+/// must hold every exported resource (count by type). Prints the figures.
+#[test]
+#[ignore = "slow: run by scripts/acceptance-bulk.sh"]
+fn acceptance_ingest_bulk_at_scale() {
+    let multiplier: u32 = std::env::var("FHIRLAKE_ACCEPTANCE_MULTIPLIER")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(100);
+    let loading = Instant::now();
+    let server = MockBulkServer::start(&data_dir(), multiplier, Faults::default(), None);
+    let expected = server.expected_counts(&[]);
+    let total: usize = expected.values().sum();
+    eprintln!(
+        "mock server: {multiplier} x 100 patients, {total} resources in {} types, loaded in {:.1} s",
+        expected.len(),
+        loading.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert_code(
+        &run(fhirlake(dir.path()).args(["deid", "keygen", "deid.key"])),
+        0,
+    );
+    let started = Instant::now();
+    let output = run(fhirlake(dir.path()).args([
+        "ingest",
+        &server.base_url(),
+        "--bulk",
+        "--lake",
+        "L",
+        "--key-file",
+        "deid.key",
+    ]));
+    let wall = started.elapsed().as_secs_f64();
+    assert_code(&output, 0);
+    eprintln!("{}", text(&output.stdout));
+    assert_eq!(lake_counts(dir.path()), lower(expected));
+    eprintln!(
+        "acceptance: {total} resources ({} patients) in {wall:.1} s wall ({:.0} resources/s), \
+         download and ingest overlapped; lake counts by type equal the server's",
+        100 * multiplier,
+        total as f64 / wall
+    );
+}

@@ -149,7 +149,8 @@ pub struct Counters {
 #[derive(Debug, Clone)]
 struct Resource {
     id: String,
-    line: String,
+    /// Shared with the export jobs that list it (a job keeps the version it exported).
+    line: Arc<str>,
     changed: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -157,7 +158,8 @@ struct Resource {
 struct ExportFile {
     name: String,
     resource_type: String,
-    body: Bytes,
+    /// The NDJSON lines (the body is built when the file is downloaded: no second copy of the data).
+    lines: Vec<Arc<str>>,
     count: usize,
     kind: &'static str,
 }
@@ -337,7 +339,7 @@ impl MockBulkServer {
         doc[field] = value;
         doc["meta"] =
             json!({"lastUpdated": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)});
-        resource.line = doc.to_string();
+        resource.line = doc.to_string().into();
         resource.changed = Some(now);
     }
 
@@ -389,7 +391,7 @@ fn load(dir: &Path, multiplier: u32) -> BTreeMap<String, Vec<Resource>> {
                 if copy == 0 {
                     entry.push(Resource {
                         id: id.clone(),
-                        line: line.clone(),
+                        line: line.as_str().into(),
                         changed: None,
                     });
                 } else {
@@ -402,7 +404,7 @@ fn load(dir: &Path, multiplier: u32) -> BTreeMap<String, Vec<Resource>> {
                     );
                     entry.push(Resource {
                         id: new_id,
-                        line,
+                        line: line.into(),
                         changed: None,
                     });
                 }
@@ -782,15 +784,10 @@ fn kickoff(
             })
             .collect();
         for (part, chunk) in selected.chunks(FILE_LINES).enumerate() {
-            let mut body = Vec::new();
-            for r in chunk {
-                body.extend_from_slice(r.line.as_bytes());
-                body.push(b'\n');
-            }
             files.push(ExportFile {
                 name: format!("{}.{}.ndjson", resource_type, part + 1),
                 resource_type: resource_type.clone(),
-                body: body.into(),
+                lines: chunk.iter().map(|r| r.line.clone()).collect(),
                 count: chunk.len(),
                 kind: "output",
             });
@@ -813,7 +810,7 @@ fn kickoff(
                 name: "deleted.ndjson".into(),
                 resource_type: "Bundle".into(),
                 count: deleted.len(),
-                body: (deleted.join("\n") + "\n").into_bytes().into(),
+                lines: deleted.into_iter().map(Arc::from).collect(),
                 kind: "deleted",
             });
         }
@@ -826,7 +823,7 @@ fn kickoff(
             name: "errors.ndjson".into(),
             resource_type: "OperationOutcome".into(),
             count: lines.len(),
-            body: (lines.join("\n") + "\n").into_bytes().into(),
+            lines: lines.into_iter().map(Arc::from).collect(),
             kind: "error",
         });
     }
@@ -997,7 +994,7 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
         // A permit is returned when dropped: once released, every held download goes on.
         let _permit = gate.acquire().await;
     }
-    let (body, cut, delay) = {
+    let (lines, cut, delay) = {
         let mut shared = state.lock().unwrap();
         let faults = shared.faults.clone();
         let Some(file) = shared
@@ -1010,7 +1007,7 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
         if faults.gone_type.as_deref() == Some(file.resource_type.as_str()) {
             return outcome(StatusCode::GONE, "not-found", "file expired");
         }
-        let (body, resource_type) = (file.body.clone(), file.resource_type.clone());
+        let (lines, resource_type) = (file.lines.clone(), file.resource_type.clone());
         let is = |fault: &Option<String>| fault.as_deref() == Some(resource_type.as_str());
         let (unauthorized, unavailable) =
             (is(&faults.unauthorized_type), is(&faults.unavailable_type));
@@ -1028,8 +1025,14 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
             );
         }
         let cut = is(&faults.cut_type) && shared.cut_done.insert(name.to_string());
-        (body, cut, faults.chunk_delay)
+        (lines, cut, faults.chunk_delay)
     };
+    let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for line in lines {
+        body.extend_from_slice(line.as_bytes());
+        body.push(b'\n');
+    }
+    let body = Bytes::from(body);
     let body = if gzip {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(&body).unwrap();
