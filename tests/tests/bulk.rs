@@ -384,6 +384,30 @@ fn a_cut_download_is_retried_and_a_wrong_count_is_reported() {
 }
 
 #[test]
+fn a_cut_download_resumes_with_a_range_request_when_the_server_takes_ranges() {
+    let server = server(Faults {
+        cut_type: Some("Condition".into()),
+        accept_ranges: true,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let output = ingest_bulk(
+        dir.path(),
+        &server.base_url(),
+        &["--type", &SMALL.join(",")],
+    );
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert_eq!(counters.file_requests["Condition.1.ndjson"], 2);
+    // The second request asked only for the rest: after the complete lines of the first.
+    assert_eq!(counters.range_requests.len(), 1, "{counters:?}");
+    let (name, start) = &counters.range_requests[0];
+    assert_eq!(name, "Condition.1.ndjson");
+    assert!(*start > 0, "{counters:?}");
+}
+
+#[test]
 fn sync_applies_updates_and_deletes_since_the_last_export() {
     let server = server(Faults::default());
     let dir = tempfile::tempdir().unwrap();

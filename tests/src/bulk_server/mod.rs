@@ -64,6 +64,9 @@ pub struct Faults {
     pub files_on_other_origin: bool,
     /// The manifest says `requiresAccessToken: false` and files are served without a token.
     pub files_without_token: bool,
+    /// Files are served with `Accept-Ranges: bytes` and an `ETag`, and `Range: bytes=N-` is answered
+    /// with `206 Partial Content`.
+    pub accept_ranges: bool,
     /// File entries per manifest page (Bulk Data 2.0 `link` `next`); 0: one page.
     pub manifest_page_size: usize,
     /// Downloads of this type's files wait (before answering) until [`MockBulkServer::release_held`].
@@ -139,6 +142,8 @@ pub struct Counters {
     pub file_requests_with_token: u32,
     /// Requests the second listener (the other origin) received.
     pub other_origin_requests: u32,
+    /// `(file name, first byte)` of each range request of a file.
+    pub range_requests: Vec<(String, u64)>,
     /// Requests of manifest pages after the first.
     pub manifest_pages: u32,
     pub tokens_issued: u32,
@@ -531,7 +536,7 @@ async fn handle(
             &state,
             job.parse().unwrap_or(u64::MAX),
             name,
-            header("accept-encoding").contains("gzip"),
+            FileAsk::of(&headers),
         )
         .await;
     }
@@ -541,11 +546,7 @@ async fn handle(
 /// The second origin: serves the export files, without a token, and nothing else.
 async fn handle_other_origin(req: Request<Incoming>, state: Arc<Mutex<Shared>>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let gzip = req
-        .headers()
-        .get("accept-encoding")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("gzip"));
+    let ask = FileAsk::of(req.headers());
     {
         let mut shared = state.lock().unwrap();
         shared.counters.other_origin_requests += 1;
@@ -556,7 +557,7 @@ async fn handle_other_origin(req: Request<Incoming>, state: Arc<Mutex<Shared>>) 
     match path.strip_prefix("/fhir/bulkfiles/") {
         Some(rest) => {
             let (job, name) = rest.split_once('/').unwrap_or(("", ""));
-            file(&state, job.parse().unwrap_or(u64::MAX), name, gzip).await
+            file(&state, job.parse().unwrap_or(u64::MAX), name, ask).await
         }
         None => outcome(StatusCode::NOT_FOUND, "not-found", "no such endpoint"),
     }
@@ -974,7 +975,34 @@ fn manifest_page(shared: &Shared, job_id: u64, page: usize, base: &str) -> Optio
     Some(manifest)
 }
 
-async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -> Response<Body> {
+/// What a file request asks for besides the file.
+struct FileAsk {
+    /// `Accept-Encoding` includes gzip.
+    gzip: bool,
+    /// `Range: bytes=N-` (the only form the client sends; other forms are ignored, as RFC 9110 allows).
+    range_start: Option<u64>,
+    /// `If-Range`.
+    if_range: Option<String>,
+}
+
+impl FileAsk {
+    fn of(headers: &hyper::HeaderMap) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        FileAsk {
+            gzip: header("accept-encoding").is_some_and(|v| v.contains("gzip")),
+            range_start: header("range")
+                .and_then(|v| v.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()),
+            if_range: header("if-range"),
+        }
+    }
+}
+
+async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, ask: FileAsk) -> Response<Body> {
     let held = {
         let mut shared = state.lock().unwrap();
         *shared
@@ -994,7 +1022,7 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
         // A permit is returned when dropped: once released, every held download goes on.
         let _permit = gate.acquire().await;
     }
-    let (lines, cut, delay) = {
+    let (lines, cut, delay, ranges) = {
         let mut shared = state.lock().unwrap();
         let faults = shared.faults.clone();
         let Some(file) = shared
@@ -1025,7 +1053,7 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
             );
         }
         let cut = is(&faults.cut_type) && shared.cut_done.insert(name.to_string());
-        (lines, cut, faults.chunk_delay)
+        (lines, cut, faults.chunk_delay, faults.accept_ranges)
     };
     let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
     for line in lines {
@@ -1033,6 +1061,51 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
         body.push(b'\n');
     }
     let body = Bytes::from(body);
+    // Ranges (RFC 9110 14): of the identity body; `If-Range` with another validator means the
+    // whole file.
+    let etag = format!("\"{job_id}-{name}\"");
+    let range_start = ask
+        .range_start
+        .filter(|_| ranges && ask.if_range.as_ref().is_none_or(|v| *v == etag));
+    if let Some(start) = range_start {
+        let length = body.len() as u64;
+        state
+            .lock()
+            .unwrap()
+            .counters
+            .range_requests
+            .push((name.to_string(), start));
+        if start >= length {
+            return Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header("content-range", format!("bytes */{length}"))
+                .body(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+                .unwrap();
+        }
+        let rest = body.slice(start as usize..);
+        let chunks: Vec<Bytes> = (0..rest.len())
+            .step_by(CHUNK)
+            .map(|at| rest.slice(at..(at + CHUNK).min(rest.len())))
+            .collect();
+        return Response::builder()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header("content-type", "application/fhir+ndjson")
+            .header(
+                "content-range",
+                format!("bytes {start}-{}/{length}", length - 1),
+            )
+            .header("content-length", rest.len())
+            .header("etag", etag)
+            .body(BodyExt::boxed(StreamBody::new(futures::stream::iter(
+                chunks.into_iter().map(|c| Ok(Frame::data(c))),
+            ))))
+            .unwrap();
+    }
+    let gzip = ask.gzip;
     let body = if gzip {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(&body).unwrap();
@@ -1056,10 +1129,15 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
                     }
                     Some((Ok(Frame::data(chunk)), (chunks, cut, delay)))
                 }
-                None if cut => Some((
-                    Err(std::io::Error::other("connection cut")),
-                    (chunks, false, delay),
-                )),
+                None if cut => {
+                    // Pending once first, so that hyper sends what it has buffered (headers and
+                    // half the body) before the connection is cut.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Some((
+                        Err(std::io::Error::other("connection cut")),
+                        (chunks, false, delay),
+                    ))
+                }
                 None => None,
             }
         },
@@ -1070,6 +1148,11 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
         .header("content-length", length);
     if gzip {
         response = response.header("content-encoding", "gzip");
+    }
+    if ranges {
+        response = response
+            .header("accept-ranges", "bytes")
+            .header("etag", etag);
     }
     response
         .body(BodyExt::boxed(StreamBody::new(stream)))
