@@ -61,6 +61,9 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// A streamed source (a Bulk Data pull) stopped before it had sent every file.
+    #[error("the source stopped before every file arrived; nothing was committed")]
+    FeedIncomplete,
     /// No source could be read at all.
     #[error("no readable FHIR source: {0}")]
     NoSources(String),

@@ -3,11 +3,13 @@
 //! recovers (and the lake holds exactly the exported resources) or fails with a clear message.
 
 use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fhirlake_tests::bulk_server::{Faults, MockBulkServer, test_client};
+use fhirlake_tests::bulk_server::{Faults, MockBulkServer, test_client, test_rsa_client};
 use fhirlake_tests::*;
 use serde_json::{Value, json};
 
@@ -382,6 +384,30 @@ fn a_cut_download_is_retried_and_a_wrong_count_is_reported() {
 }
 
 #[test]
+fn a_cut_download_resumes_with_a_range_request_when_the_server_takes_ranges() {
+    let server = server(Faults {
+        cut_type: Some("Condition".into()),
+        accept_ranges: true,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let output = ingest_bulk(
+        dir.path(),
+        &server.base_url(),
+        &["--type", &SMALL.join(",")],
+    );
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert_eq!(counters.file_requests["Condition.1.ndjson"], 2);
+    // The second request asked only for the rest: after the complete lines of the first.
+    assert_eq!(counters.range_requests.len(), 1, "{counters:?}");
+    let (name, start) = &counters.range_requests[0];
+    assert_eq!(name, "Condition.1.ndjson");
+    assert!(*start > 0, "{counters:?}");
+}
+
+#[test]
 fn sync_applies_updates_and_deletes_since_the_last_export() {
     let server = server(Faults::default());
     let dir = tempfile::tempdir().unwrap();
@@ -482,8 +508,8 @@ fn a_killed_pull_resumes_and_downloads_only_what_is_missing() {
             "--parallel",
             "1",
         ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for("a first finished file", || {
@@ -562,8 +588,8 @@ fn cancel_deletes_a_running_export() {
     let landing = dir.path().join("export");
     let mut child = cli(dir.path())
         .args(["pull", &server.base_url(), "--landing", "export"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for("the status URL", || {
@@ -576,4 +602,340 @@ fn cancel_deletes_a_running_export() {
     assert!(text(&output.stdout).contains("cancelled the export at"));
     assert_eq!(server.counters().status_deletes, 1);
     assert!(state(&landing).is_none());
+}
+
+/// The lines a child writes to stderr, as they come.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (at most a minute) until `lines` has shown a line for which `wanted` holds; returns the
+/// lines seen and whether one matched.
+fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    mut wanted: impl FnMut(&str) -> bool,
+) -> (Vec<String>, bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match lines.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                let found = wanted(&line);
+                seen.push(line);
+                if found {
+                    return (seen, true);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    (seen, false)
+}
+
+#[test]
+fn ingest_bulk_reads_each_file_as_it_lands_and_a_killed_run_commits_nothing() {
+    // Condition downloads are held by the server until released: every other file can only be
+    // ingested while a download is still running.
+    let types = "Patient,Condition,Device";
+    let server = server(Faults {
+        hold_type: Some("Condition".into()),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = fhirlake(dir.path())
+        .env("FHIRLAKE_BULK_MIN_WAIT_MS", "5")
+        .env("FHIRLAKE_BULK_MAX_WAIT_MS", "100")
+        .args(["ingest", &server.base_url(), "--bulk", "--lake", "L"])
+        .args(["--unsafe-no-deid", "--type", types, "--parallel", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let mut read = Vec::new();
+    let (seen, both_read) = wait_for_line(&lines, |line| {
+        // The ingest's progress line for a file it finished reading.
+        if line.starts_with("read ") {
+            read.extend(
+                ["Patient", "Device"]
+                    .into_iter()
+                    .filter(|t| line.contains(t)),
+            );
+        }
+        read.contains(&"Patient") && read.contains(&"Device")
+    });
+    let held = server
+        .counters()
+        .file_requests
+        .get("Condition.1.ndjson")
+        .copied();
+    child.kill().unwrap(); // SIGKILL, with Condition still downloading
+    child.wait().unwrap();
+    server.release_held();
+    assert!(
+        both_read,
+        "Patient and Device ingested while Condition downloads: {seen:#?}"
+    );
+    assert_eq!(held, Some(1), "Condition was requested and held");
+    // Nothing was committed by the killed run.
+    assert!(
+        lake_counts(dir.path()).is_empty(),
+        "{:?}",
+        lake_counts(dir.path())
+    );
+
+    // The same command again: re-attaches to the export, downloads only Condition, ingests all.
+    server.set_faults(Faults::default());
+    let output = ingest_bulk(
+        dir.path(),
+        &server.base_url(),
+        &["--type", types, "--parallel", "2"],
+    );
+    assert_code(&output, 0);
+    let expected: Vec<&str> = types.split(',').collect();
+    assert_eq!(
+        lake_counts(dir.path()),
+        lower(server.expected_counts(&expected))
+    );
+    let counters = server.counters();
+    assert_eq!(counters.kickoffs, 1, "re-attached to the same export");
+    assert_eq!(counters.file_requests["Patient.1.ndjson"], 1);
+    assert_eq!(counters.file_requests["Device.1.ndjson"], 1);
+    assert_eq!(counters.file_requests["Condition.1.ndjson"], 2);
+    assert_eq!(
+        sql_count(dir.path(), "L", "SELECT count(*) FROM lake.runs"),
+        1
+    );
+    assert!(!dir.path().join("landing/bulk").exists());
+}
+
+#[test]
+fn a_paged_manifest_is_followed_to_its_last_page_with_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, key) = test_client(dir.path(), Duration::from_secs(600));
+    // Two file entries per page: the SMALL types' files and the error[] file span 3 pages.
+    let server = MockBulkServer::start(
+        &data_dir(),
+        1,
+        Faults {
+            manifest_page_size: 2,
+            error_outcomes: 1,
+            ..Faults::default()
+        },
+        Some(client),
+    );
+    let output = ingest_bulk(
+        dir.path(),
+        &server.base_url(),
+        &[
+            "--type",
+            &SMALL.join(","),
+            "--client-id",
+            "fhirlake-test",
+            "--client-key",
+            key.to_str().unwrap(),
+            "--landing",
+            "landing",
+        ],
+    );
+    assert_code(&output, 0);
+    assert_eq!(
+        lake_counts(dir.path()),
+        lower(server.expected_counts(SMALL))
+    );
+    let counters = server.counters();
+    assert_eq!(counters.manifest_pages, 2, "{counters:?}");
+    assert_eq!(counters.unauthorized, 0, "every page with the token");
+    assert!(
+        counters.file_requests.values().all(|n| *n == 1),
+        "{counters:?}"
+    );
+    // The error[] entry of the last page is surfaced.
+    assert!(
+        text(&output.stderr).contains("export error number 0"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+/// The lake holds exactly the resources of `types` the server exports (count by type), and the last
+/// run read each of them once (no line read twice).
+fn assert_exactly_exported(cwd: &Path, server: &MockBulkServer, types: &[&str]) {
+    let expected = server.expected_counts(types);
+    assert_eq!(lake_counts(cwd), lower(expected.clone()));
+    let read = sql_count(
+        cwd,
+        "L",
+        "SELECT \"read\" FROM lake.runs ORDER BY started_at DESC LIMIT 1",
+    );
+    assert_eq!(read as usize, expected.values().sum::<usize>());
+}
+
+/// `ingest --bulk` of the SMALL types with the SMART client flags.
+fn ingest_small_with_auth(
+    cwd: &Path,
+    server: &MockBulkServer,
+    key: &Path,
+    extra: &[&str],
+) -> Output {
+    let types = SMALL.join(",");
+    let mut args = vec![
+        "--type",
+        &types,
+        "--client-id",
+        "fhirlake-test",
+        "--client-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ingest_bulk(cwd, &server.base_url(), &args)
+}
+
+#[test]
+fn rs384_client_assertions_and_a_401_mid_download_get_a_new_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, key) = test_rsa_client(dir.path(), Duration::from_secs(600));
+    let server = MockBulkServer::start(
+        &data_dir(),
+        1,
+        Faults {
+            // The token is revoked when the Condition download starts: 401, new token, go on.
+            unauthorized_type: Some("Condition".into()),
+            ..Faults::default()
+        },
+        Some(client),
+    );
+    let output = ingest_small_with_auth(dir.path(), &server, &key, &["--kid", "rsa-test-key"]);
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert!(counters.unauthorized >= 1, "{counters:?}");
+    assert!(counters.tokens_issued >= 2, "a new token: {counters:?}");
+    assert_eq!(counters.file_requests["Condition.1.ndjson"], 2);
+    assert_eq!(counters.file_requests["Patient.1.ndjson"], 1);
+}
+
+#[test]
+fn a_transient_503_on_a_file_download_is_retried() {
+    let server = server(Faults {
+        unavailable_type: Some("Condition".into()),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let output = ingest_bulk(
+        dir.path(),
+        &server.base_url(),
+        &["--type", &SMALL.join(",")],
+    );
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert_eq!(counters.file_requests["Condition.1.ndjson"], 2);
+    assert_eq!(counters.file_requests["Patient.1.ndjson"], 1);
+}
+
+#[test]
+fn the_token_goes_to_no_other_origin_and_not_to_files_that_need_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, key) = test_client(dir.path(), Duration::from_secs(600));
+    // Files on a second listener (another port: another origin), the manifest requiring a token.
+    let server = MockBulkServer::start(
+        &data_dir(),
+        1,
+        Faults {
+            files_on_other_origin: true,
+            ..Faults::default()
+        },
+        Some(client.clone()),
+    );
+    let output = ingest_small_with_auth(dir.path(), &server, &key, &[]);
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert_eq!(
+        counters.other_origin_requests,
+        SMALL.len() as u32,
+        "{counters:?}"
+    );
+    assert_eq!(counters.file_requests_with_token, 0, "{counters:?}");
+    assert_eq!(counters.unauthorized, 0, "the server itself got the token");
+    assert!(counters.tokens_issued >= 1);
+
+    // Files on the server's own origin, the manifest saying `requiresAccessToken: false`.
+    let dir = tempfile::tempdir().unwrap();
+    let server = MockBulkServer::start(
+        &data_dir(),
+        1,
+        Faults {
+            files_without_token: true,
+            ..Faults::default()
+        },
+        Some(client),
+    );
+    let output = ingest_small_with_auth(dir.path(), &server, &key, &[]);
+    assert_code(&output, 0);
+    assert_exactly_exported(dir.path(), &server, SMALL);
+    let counters = server.counters();
+    assert_eq!(counters.file_requests.len(), SMALL.len(), "{counters:?}");
+    assert_eq!(counters.file_requests_with_token, 0, "{counters:?}");
+    assert_eq!(counters.other_origin_requests, 0);
+    assert_eq!(counters.unauthorized, 0);
+}
+
+/// The acceptance run of issue 7 at scale (not part of CI: run by `scripts/acceptance-bulk.sh`): the
+/// mock server simulates `FHIRLAKE_ACCEPTANCE_MULTIPLIER` (default 100) times the 100-patient export,
+/// `fhirlake ingest BASE --bulk --lake L` with the default de-identification ingests it, and the lake
+/// must hold every exported resource (count by type). Prints the figures.
+#[test]
+#[ignore = "slow: run by scripts/acceptance-bulk.sh"]
+fn acceptance_ingest_bulk_at_scale() {
+    let multiplier: u32 = std::env::var("FHIRLAKE_ACCEPTANCE_MULTIPLIER")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(100);
+    let loading = Instant::now();
+    let server = MockBulkServer::start(&data_dir(), multiplier, Faults::default(), None);
+    let expected = server.expected_counts(&[]);
+    let total: usize = expected.values().sum();
+    eprintln!(
+        "mock server: {multiplier} x 100 patients, {total} resources in {} types, loaded in {:.1} s",
+        expected.len(),
+        loading.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert_code(
+        &run(fhirlake(dir.path()).args(["deid", "keygen", "deid.key"])),
+        0,
+    );
+    let started = Instant::now();
+    let output = run(fhirlake(dir.path()).args([
+        "ingest",
+        &server.base_url(),
+        "--bulk",
+        "--lake",
+        "L",
+        "--key-file",
+        "deid.key",
+    ]));
+    let wall = started.elapsed().as_secs_f64();
+    assert_code(&output, 0);
+    eprintln!("{}", text(&output.stdout));
+    assert_eq!(lake_counts(dir.path()), lower(expected));
+    eprintln!(
+        "acceptance: {total} resources ({} patients) in {wall:.1} s wall ({:.0} resources/s), \
+         download and ingest overlapped; lake counts by type equal the server's",
+        100 * multiplier,
+        total as f64 / wall
+    );
 }

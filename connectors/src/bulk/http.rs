@@ -229,17 +229,31 @@ impl Http {
     }
 }
 
+/// Largest manifest page read (a manifest lists one entry per file: thousands of files fit easily).
+pub const MAX_MANIFEST_BODY: usize = 64 * 1024 * 1024;
+
 /// The body of an error response, at most [`MAX_ERROR_BODY`] bytes.
-pub async fn read_limited(mut response: Response) -> Vec<u8> {
+pub async fn read_limited(response: Response) -> Vec<u8> {
+    read_body(response, MAX_ERROR_BODY).await.0
+}
+
+/// At most `max` bytes of a body; the flag says whether all of it was read (not cut at `max`, no
+/// transfer error).
+pub async fn read_body(mut response: Response, max: usize) -> (Vec<u8>, bool) {
     let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = MAX_ERROR_BODY.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_ERROR_BODY {
-            break;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = max.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() > room {
+                    return (body, false);
+                }
+            }
+            Ok(None) => return (body, true),
+            Err(_) => return (body, false),
         }
     }
-    body
 }
 
 /// A reqwest error in words, with its causes (reqwest's own message is often just "error sending request").

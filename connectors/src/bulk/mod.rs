@@ -27,9 +27,11 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::error::Error;
+use crate::location::Location;
+use crate::plan::{FileFormat, FileRole, SourceFile};
 use crate::smart::SmartAuth;
 pub use http::RetryNote;
-use http::{GoneMeans, Http, read_limited};
+use http::{GoneMeans, Http, read_body};
 use log::EventLog;
 pub use manifest::{Manifest, ManifestEntry};
 pub use request::{ExportLevel, ExportRequest};
@@ -52,6 +54,44 @@ pub trait PullObserver: Send + Sync {
     fn warn(&self, _message: &str) {}
 }
 
+/// A file of the export that is complete in the landing folder (downloaded and renamed, its state saved).
+#[derive(Debug, Clone)]
+pub struct ReadyFile {
+    /// Its place among the export's files: `output[]`, then `deleted[]`, then `error[]`, each in manifest
+    /// order (the order a landing folder is ingested in).
+    pub index: usize,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its entry in the resume state.
+    pub file: FileState,
+}
+
+impl ReadyFile {
+    /// The file as an ingest source, as a landing folder's `manifest.json` would list it; `None` for
+    /// `error[]` files (OperationOutcomes are reported, not ingested).
+    pub fn source(&self) -> Option<SourceFile> {
+        let role = match self.file.kind {
+            FileKind::Output => FileRole::Output,
+            FileKind::Deleted => FileRole::Deleted,
+            FileKind::Error => return None,
+        };
+        let output = role == FileRole::Output;
+        Some(SourceFile {
+            location: Location::Local(self.path.clone()),
+            format: FileFormat::Ndjson,
+            gzip: false,
+            role,
+            expected_type: output.then(|| self.file.resource_type.clone()),
+            expected_count: if output { self.file.count } else { None },
+        })
+    }
+}
+
+/// Receives each file the moment it is complete (files completed by an earlier run first, then each
+/// download as it finishes); returns `false` when it takes no more files, which stops the pull (the
+/// landing folder stays resumable).
+pub type FileSink = Arc<dyn Fn(ReadyFile) -> bool + Send + Sync>;
+
 /// An observer that reports nothing.
 #[derive(Debug, Default)]
 pub struct QuietPull;
@@ -72,6 +112,9 @@ pub struct PullOptions {
     pub observer: Arc<dyn PullObserver>,
     /// The command that reruns this pull (used in "export expired, run ... again" messages).
     pub rerun_hint: String,
+    /// Where complete files go as soon as they are complete (`ingest --bulk` streams them into the
+    /// ingest).
+    pub on_file: Option<FileSink>,
 }
 
 impl std::fmt::Debug for PullOptions {
@@ -81,6 +124,7 @@ impl std::fmt::Debug for PullOptions {
             .field("parallel", &self.parallel)
             .field("retry", &self.retry)
             .field("auth", &self.auth)
+            .field("on_file", &self.on_file.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -95,7 +139,14 @@ impl PullOptions {
             auth: None,
             observer: Arc::new(QuietPull),
             rerun_hint: "run the same command again to start a new export".into(),
+            on_file: None,
         }
+    }
+
+    /// Hands each complete file to `sink` as soon as it is complete.
+    pub fn with_file_sink(mut self, sink: Option<FileSink>) -> Self {
+        self.on_file = sink;
+        self
     }
 
     /// Downloads at the same time (at least 1).
@@ -205,6 +256,7 @@ pub async fn pull(request: &ExportRequest, options: &PullOptions) -> Result<Pull
         }
     };
     if state.phase == Phase::Complete {
+        hand_over_done(options, &state.files)?;
         return summarize(landing, &state, true, true, Vec::new());
     }
     state.save(landing)?;
@@ -299,7 +351,7 @@ async fn run_export(
                 "totalOutputFileCount": manifest.output.len(),
                 "totalDeletedFileCount": manifest.deleted.len(),
                 "totalErrorFileCount": manifest.error.len(),
-                "totalManifests": 1,
+                "totalManifests": raw.get("totalManifests").and_then(Value::as_u64).unwrap_or(1),
             }),
         );
         state.files = plan_files(&manifest, &status_url)?;
@@ -321,6 +373,7 @@ async fn run_export(
         .map(|(i, f)| (i, f.clone()))
         .collect();
     observer.downloading(state.files.len(), pending.len());
+    hand_over_done(options, &state.files)?;
     let shared = Arc::new(Mutex::new(std::mem::replace(
         state,
         PullState::new(String::new(), String::new()),
@@ -335,12 +388,18 @@ async fn run_export(
                 let done = download::download_file(http, log, landing, &file, with_token, on_retry)
                     .await?;
                 observer.file_done(&file.local, done.lines, done.bytes);
-                let mut state = shared.lock().map_err(|_| poisoned(landing))?;
-                let entry = &mut state.files[index];
-                entry.done = true;
-                entry.lines = done.lines;
-                entry.bytes = done.bytes;
-                state.save(landing)
+                let ready = {
+                    let mut state = shared.lock().map_err(|_| poisoned(landing))?;
+                    let entry = &mut state.files[index];
+                    entry.done = true;
+                    entry.lines = done.lines;
+                    entry.bytes = done.bytes;
+                    let ready = entry.clone();
+                    state.save(landing)?;
+                    ready
+                };
+                // Saved as done first: a reader never gets a file a rerun would download again.
+                hand_over(options, index, &ready)
             }
         })
         .await;
@@ -367,6 +426,34 @@ async fn run_export(
     state.phase = Phase::Complete;
     state.save(landing)?;
     Ok(warnings)
+}
+
+/// Hands the files already complete to the file sink.
+fn hand_over_done(options: &PullOptions, files: &[FileState]) -> Result<(), Error> {
+    for (index, file) in files.iter().enumerate().filter(|(_, f)| f.done) {
+        hand_over(options, index, file)?;
+    }
+    Ok(())
+}
+
+/// Hands one complete file to the file sink, if any.
+fn hand_over(options: &PullOptions, index: usize, file: &FileState) -> Result<(), Error> {
+    let Some(sink) = &options.on_file else {
+        return Ok(());
+    };
+    let ready = ReadyFile {
+        index,
+        path: options.landing.join(&file.local),
+        file: file.clone(),
+    };
+    if sink(ready) {
+        Ok(())
+    } else {
+        Err(Error::BulkState {
+            location: options.landing.display().to_string(),
+            reason: "the reader of the downloaded files stopped, so the pull stopped too; the same command resumes it".into(),
+        })
+    }
 }
 
 fn poisoned(landing: &Path) -> Error {
@@ -506,16 +593,114 @@ async fn poll_status(
             tokio::time::sleep(wait).await;
             continue;
         }
-        let location = status_url.to_string();
-        let body = read_limited(response).await;
-        let manifest = Manifest::parse(&body, &location)?;
-        let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (manifest, next) = read_manifest_page(response, status_url).await?;
         log.event(
             "status_complete",
             json!({"transactionTime": manifest.transaction_time}),
         );
-        return Ok((manifest, raw));
+        return follow_pages(http, status_url, manifest, next, &log_retry).await;
     }
+}
+
+/// Most manifest pages followed (a guard against a server that never ends its `next` links).
+const MAX_MANIFEST_PAGES: usize = 100_000;
+
+/// Reads one manifest page: the manifest and its `link` with `relation: next`, resolved against the
+/// page's URL.
+async fn read_manifest_page(
+    response: reqwest::Response,
+    page_url: &Url,
+) -> Result<(Manifest, Option<Url>), Error> {
+    let location = page_url.to_string();
+    let (body, complete) = read_body(response, http::MAX_MANIFEST_BODY).await;
+    if !complete {
+        return Err(Error::Manifest {
+            location,
+            path: "$".into(),
+            reason: format!(
+                "the manifest was cut off or is larger than {} MiB",
+                http::MAX_MANIFEST_BODY >> 20
+            ),
+        });
+    }
+    let manifest = Manifest::parse(&body, &location)?;
+    let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut next = None;
+    if let Some(links) = raw.get("link").and_then(Value::as_array) {
+        for (i, link) in links.iter().enumerate() {
+            if link.get("relation").and_then(Value::as_str) != Some("next") {
+                continue;
+            }
+            let url = link
+                .get("url")
+                .and_then(Value::as_str)
+                .and_then(|url| page_url.join(url).ok())
+                .ok_or_else(|| Error::Manifest {
+                    location: location.clone(),
+                    path: format!("link[{i}].url"),
+                    reason: "missing or not a URL".into(),
+                })?;
+            next = Some(url);
+            break;
+        }
+    }
+    Ok((manifest, next))
+}
+
+/// Follows the `next` links of a paged manifest (Bulk Data 2.0), with the same token and origin rules
+/// as the status URL, and returns the pages' `output[]`, `deleted[]` and `error[]` as one manifest
+/// (file URLs resolved against their page) and the manifest as saved in the resume state.
+async fn follow_pages(
+    http: &Http,
+    status_url: &Url,
+    mut manifest: Manifest,
+    mut next: Option<Url>,
+    on_retry: &(dyn Fn(&RetryNote) + Sync),
+) -> Result<(Manifest, Value), Error> {
+    let build = |builder: reqwest::RequestBuilder| {
+        builder.header(reqwest::header::ACCEPT, "application/json")
+    };
+    let mut seen = std::collections::HashSet::from([status_url.to_string()]);
+    let mut pages = 1usize;
+    while let Some(page_url) = next.take() {
+        if !seen.insert(page_url.to_string()) || pages >= MAX_MANIFEST_PAGES {
+            return Err(Error::Manifest {
+                location: page_url.to_string(),
+                path: "link".into(),
+                reason: format!(
+                    "the manifest's next links loop or exceed {MAX_MANIFEST_PAGES} pages"
+                ),
+            });
+        }
+        let response = http
+            .send(
+                Method::GET,
+                &page_url,
+                true,
+                GoneMeans::Expired,
+                &build,
+                on_retry,
+            )
+            .await?;
+        let (page, page_next) = read_manifest_page(response, &page_url).await?;
+        manifest.requires_access_token |= page.requires_access_token;
+        let resolve = |mut entry: ManifestEntry| {
+            if let Ok(url) = page_url.join(&entry.url) {
+                entry.url = url.to_string();
+            }
+            entry
+        };
+        manifest.output.extend(page.output.into_iter().map(resolve));
+        manifest
+            .deleted
+            .extend(page.deleted.into_iter().map(resolve));
+        manifest.error.extend(page.error.into_iter().map(resolve));
+        next = page_next;
+        pages += 1;
+    }
+    let mut raw = serde_json::to_value(&manifest).unwrap_or(Value::Null);
+    raw["totalManifests"] = json!(pages);
+    Ok((manifest, raw))
 }
 
 /// The files of a manifest, with their local names.

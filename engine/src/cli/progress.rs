@@ -99,11 +99,15 @@ impl IngestObserver for CliObserver {
 
     fn file_done(&self, file: &str, lines: u64, bytes: u64) {
         let done = self.files_done.fetch_add(1, Ordering::Relaxed) + 1;
-        let total = self.files_total.load(Ordering::Relaxed);
+        // No total when the files arrive while they are read (ingest --bulk).
+        let of = match self.files_total.load(Ordering::Relaxed) {
+            0 => String::new(),
+            total => format!("/{total}"),
+        };
         match &self.bar {
-            Some(bar) => bar.set_message(format!("{done}/{total} files")),
+            Some(bar) => bar.set_message(format!("{done}{of} files")),
             None => self.line(&format!(
-                "read {file}: {lines} lines, {:.1} MB ({done}/{total})",
+                "read {file}: {lines} lines, {:.1} MB ({done}{of})",
                 bytes as f64 / 1e6
             )),
         }

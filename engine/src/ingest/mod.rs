@@ -2,9 +2,11 @@
 //!
 //! A run (see [`Ingest::run`]):
 //! 1. takes the lake's writer lock and refuses a de-identification key that differs from the lake's;
-//! 2. expands the sources (`fhirlake-connectors`); unusable sources are rejected like bad lines;
+//! 2. expands the sources (`fhirlake-connectors`); unusable sources are rejected like bad lines
+//!    (or, with a [`FileFeed`], takes the files as they arrive, e.g. as a Bulk Data pull downloads them);
 //! 3. streams every file through the parallel [`pipeline`] into per-type staging Parquet files
-//!    in the landing zone, keeping rejected lines in `<landing>/rejected/<run_id>.ndjson`;
+//!    in the landing zone, keeping rejected lines in `<landing>/rejected/<run_id>.ndjson`; with a feed,
+//!    commits only when the feed says every file was sent (a failed pull commits nothing);
 //! 4. commits each resource type with one Delta MERGE ([`merge`]);
 //! 5. brings every view up to date (`crate::views`, one commit per changed view);
 //! 6. records the run in `lake.runs` — last, so a killed run is never recorded as finished.
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use fhirlake_connectors::{ItemPosition, StoreOptions, plan_sources};
+use fhirlake_connectors::{ItemPosition, SourceFile, StoreOptions, plan_sources};
 use fhirlake_deid::Deidentifier;
 
 use crate::lake::runs::{ExportRecord, RunRecord, record_run};
@@ -70,6 +72,18 @@ pub struct IngestReport {
     pub elapsed: Duration,
 }
 
+/// Files that arrive while the run reads them (a Bulk Data pull hands over each file as soon as it is
+/// downloaded), instead of planned sources.
+#[derive(Debug)]
+pub struct FileFeed {
+    /// Each file with its place in the source's order (which decides "ties: last read wins"). The
+    /// run reads until every sender is dropped.
+    pub files: crossbeam_channel::Receiver<(usize, SourceFile)>,
+    /// Sent once every file of the source was sent, with the Bulk Data export to record in
+    /// `lake.runs`. Dropped without a value when the source failed: the run then commits nothing.
+    pub complete: tokio::sync::oneshot::Receiver<Option<ExportRecord>>,
+}
+
 /// Configures and runs one ingest.
 pub struct Ingest {
     sources: Vec<String>,
@@ -81,6 +95,7 @@ pub struct Ingest {
     workers: usize,
     observer: Arc<dyn IngestObserver>,
     export: Option<ExportRecord>,
+    feed: Option<FileFeed>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -109,7 +124,15 @@ impl Ingest {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             observer: Arc::new(Silent),
             export: None,
+            feed: None,
         }
+    }
+
+    /// Reads the files of `feed` as they arrive instead of planning `sources` (which are then only
+    /// recorded in `lake.runs`).
+    pub fn with_feed(mut self, feed: FileFeed) -> Self {
+        self.feed = Some(feed);
+        self
     }
 
     /// Records in `lake.runs` the Bulk Data export the sources come from (for `fhirlake sync`).
@@ -149,7 +172,7 @@ impl Ingest {
     }
 
     /// Runs the ingest. `Err` means nothing was recorded as a finished run.
-    pub async fn run(self) -> Result<IngestReport> {
+    pub async fn run(mut self) -> Result<IngestReport> {
         let started = Instant::now();
         let started_at = Utc::now();
         let run_id = uuid::Uuid::now_v7().to_string();
@@ -163,11 +186,24 @@ impl Ingest {
         let _lock = self.lake.lock()?;
         self.lake.check_stamp(&stamp).await?;
 
-        let plan = plan_sources(&self.sources, &self.store_options).await;
-        self.observer.planned(plan.files.len());
+        // The files to read: all planned now, or arriving through the feed.
+        let (files, complete, problems, planned) = match self.feed.take() {
+            Some(feed) => (feed.files, Some(feed.complete), Vec::new(), None),
+            None => {
+                let plan = plan_sources(&self.sources, &self.store_options).await;
+                self.observer.planned(plan.files.len());
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let planned = plan.files.len();
+                for file in plan.files.into_iter().enumerate() {
+                    // Cannot fail: `rx` is alive.
+                    let _ = tx.send(file);
+                }
+                (rx, None, plan.problems, Some(planned))
+            }
+        };
         let mut rejects = RejectWriter::new(&self.landing, &run_id);
         let mut problem_outcome = StageOutcome::default();
-        for problem in &plan.problems {
+        for problem in &problems {
             let reject = Reject {
                 pos: ItemPosition {
                     file: Arc::from(problem.location()),
@@ -182,9 +218,9 @@ impl Ingest {
             self.observer.rejected(&reject.pos, None, &reject.reason);
             pipeline::record_reject(&mut problem_outcome, &mut rejects, &reject)?;
         }
-        if plan.files.is_empty() {
+        if planned == Some(0) {
             rejects.finish()?;
-            let reasons: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
+            let reasons: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return Err(Error::NoSources(if reasons.is_empty() {
                 "no sources given".into()
             } else {
@@ -195,12 +231,7 @@ impl Ingest {
         let staging_dir = self.landing.join("staging").join(&run_id);
         let staging = Staging::create(staging_dir.clone())?;
         let runtime = tokio::runtime::Handle::current();
-        let (files, deid, observer, workers) = (
-            plan.files,
-            self.deid.clone(),
-            self.observer.clone(),
-            self.workers,
-        );
+        let (deid, observer, workers) = (self.deid.clone(), self.observer.clone(), self.workers);
         let (staged, mut rejects) = tokio::task::spawn_blocking(move || {
             let outcome = pipeline::run(
                 &files,
@@ -226,6 +257,16 @@ impl Ingest {
         for (resource_type, counts) in problem_outcome.counts {
             staged.counts.entry(resource_type).or_default().add(&counts);
         }
+        let export = match complete {
+            None => self.export.clone(),
+            Some(complete) => match complete.await {
+                Ok(export) => export,
+                Err(_) => {
+                    remove_dir(&staging_dir);
+                    return Err(Error::FeedIncomplete);
+                }
+            },
+        };
 
         let total_rejected: u64 = staged.counts.values().map(|c| c.rejected).sum();
         if let Some(max) = self.max_rejects
@@ -293,7 +334,7 @@ impl Ingest {
             counts: staged.counts,
             table_versions,
             landing: Some(self.landing.display().to_string()),
-            export: self.export.clone(),
+            export,
         };
         self.observer.phase("recording the run in lake.runs");
         let runs_version = record_run(&self.lake, &record).await?;

@@ -1,18 +1,21 @@
 //! The parallel part of an ingest: reader threads -> worker pool -> one sink thread.
 //!
 //! ```text
-//! readers (I/O, ≤2 files at a time) --bounded--> workers (parse, validate, de-identify; all cores)
+//! files --> readers (I/O, ≤2 files at a time) --bounded--> workers (parse, validate, de-identify; all cores)
 //!                                                   --bounded--> sink (staging Parquet, rejects, counts)
 //! ```
 //! Channels are bounded, so a slow sink slows the readers down instead of buffering a file in
-//! memory. Items carry a read-order number (`seq`: file index << 32 | item index) so that "ties:
-//! last read wins" is deterministic however the threads interleave.
+//! memory. Files come through a channel with their place in the source order: all at once for
+//! planned sources, one by one as they finish downloading for a Bulk Data pull. Items carry a
+//! read-order number (`seq`: file place << 32 | item index) so that "ties: last read wins" follows the
+//! source order, however the threads interleave and in whichever order the files arrive.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use fhirlake_connectors::{ItemPosition, SourceFile, SourceItem, read_source_file};
 use fhirlake_deid::Deidentifier;
 
@@ -28,6 +31,10 @@ pub const UNKNOWN_TYPE: &str = "(unknown)";
 
 const BATCH_ITEMS: usize = 256;
 const BATCH_BYTES: usize = 4 << 20;
+/// Files read at the same time.
+const READERS: usize = 2;
+/// How often a reader waiting for the next file checks whether the run was cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 struct WorkBatch {
     file: Arc<FileContext>,
@@ -45,9 +52,10 @@ pub struct StageOutcome {
     pub bytes: u64,
 }
 
-/// Runs readers, workers and the sink until every file is read.
+/// Runs readers, workers and the sink until every file is read: until `files` is closed (all its
+/// senders dropped) and empty. Each file comes with its place in the source order.
 pub fn run(
-    files: &[SourceFile],
+    files: &Receiver<(usize, SourceFile)>,
     deid: &dyn Deidentifier,
     staging: Staging,
     rejects: &mut RejectWriter,
@@ -56,19 +64,17 @@ pub fn run(
     runtime: &tokio::runtime::Handle,
 ) -> Result<StageOutcome> {
     let workers = workers.max(1);
-    let readers = files.len().clamp(1, 2);
     let (work_tx, work_rx) = bounded::<WorkBatch>(workers * 2);
     let (out_tx, out_rx) = bounded::<Vec<Processed>>(workers * 2);
     let cancel = AtomicBool::new(false);
-    let next_file = AtomicUsize::new(0);
 
     std::thread::scope(|scope| {
-        for _ in 0..readers {
+        for _ in 0..READERS {
             let work_tx = work_tx.clone();
-            let (cancel, next_file) = (&cancel, &next_file);
+            let cancel = &cancel;
             scope.spawn(move || {
                 let _runtime = runtime.enter();
-                read_files(files, next_file, &work_tx, cancel, observer);
+                read_files(files, &work_tx, cancel, observer);
             });
         }
         drop(work_tx);
@@ -88,16 +94,31 @@ pub fn run(
     })
 }
 
+/// The next file, `None` when there are no more or the run was cancelled.
+fn next_file(
+    files: &Receiver<(usize, SourceFile)>,
+    cancel: &AtomicBool,
+) -> Option<(usize, SourceFile)> {
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        match files.recv_timeout(CANCEL_CHECK) {
+            Ok(file) => return Some(file),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
 fn read_files(
-    files: &[SourceFile],
-    next_file: &AtomicUsize,
+    files: &Receiver<(usize, SourceFile)>,
     work_tx: &Sender<WorkBatch>,
     cancel: &AtomicBool,
     observer: &dyn IngestObserver,
 ) {
-    loop {
-        let index = next_file.fetch_add(1, Ordering::Relaxed);
-        let Some(file) = files.get(index) else { return };
+    while let Some((index, file)) = next_file(files, cancel) {
+        let file = &file;
         let context = Arc::new(FileContext {
             expected_type: file.expected_type.as_deref().map(Arc::from),
         });

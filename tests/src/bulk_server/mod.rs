@@ -1,12 +1,14 @@
 //! A mock FHIR Bulk Data server (Bulk Data Access IG 2.0 + SMART Backend Services), written from the
 //! IG for the end-to-end tests: kick-off at system / Patient / Group level (GET or POST `Parameters`),
 //! status polling with `X-Progress`, a completion manifest with `output[]`, `deleted[]` and `error[]`,
-//! NDJSON downloads (gzip when asked), `DELETE` of the status URL, `_type` and `_since`, and a token
-//! endpoint that verifies ES384 client assertions against a registered public JWK.
+//! NDJSON downloads (gzip when asked), `DELETE` of the status URL, `_type` and `_since`, paged
+//! manifests (`link` `next`), and a token endpoint that verifies ES384 or RS384 client assertions
+//! against a registered public JWK. A second listener on another port (another origin) can serve the
+//! files, like a storage service, and records whether a token reached it.
 //!
 //! The data are the files of a Synthea export folder; `multiplier` simulates N times the patients by
 //! copying every resource with a suffixed id. [`Faults`] injects the failures the client must survive.
-//! It listens on 127.0.0.1 (port 0) in its own runtime thread and stops when dropped.
+//! It listens on 127.0.0.1 (ports 0) in its own runtime thread and stops when dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -52,13 +54,30 @@ pub struct Faults {
     pub error_outcomes: u32,
     /// Pause between 4 KiB chunks of a download.
     pub chunk_delay: Duration,
+    /// The first download of each file of this type finds its token revoked: the server forgets every
+    /// token it issued and answers 401.
+    pub unauthorized_type: Option<String>,
+    /// The first download of each file of this type answers 503 with a transient OperationOutcome.
+    pub unavailable_type: Option<String>,
+    /// The manifest's file URLs point to a second listener (another port: another origin) that serves
+    /// the files without a token, like a storage service.
+    pub files_on_other_origin: bool,
+    /// The manifest says `requiresAccessToken: false` and files are served without a token.
+    pub files_without_token: bool,
+    /// Files are served with `Accept-Ranges: bytes` and an `ETag`, and `Range: bytes=N-` is answered
+    /// with `206 Partial Content`.
+    pub accept_ranges: bool,
+    /// File entries per manifest page (Bulk Data 2.0 `link` `next`); 0: one page.
+    pub manifest_page_size: usize,
+    /// Downloads of this type's files wait (before answering) until [`MockBulkServer::release_held`].
+    pub hold_type: Option<String>,
 }
 
 /// A registered SMART Backend Services client.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub client_id: String,
-    /// The public JWK (ES384, P-384) with its `kid`.
+    /// The public JWK (ES384 with P-384, or RS384 with RSA) with its `kid`.
     pub public_jwk: Value,
     /// Lifetime of the access tokens issued.
     pub token_lifetime: Duration,
@@ -86,6 +105,30 @@ pub fn test_client(dir: &Path, token_lifetime: Duration) -> (Client, std::path::
     )
 }
 
+/// A registered client with a fixed RS384 test key (2048-bit RSA, a test fixture): returns it and the
+/// path of its private key as a PKCS#8 PEM file written into `dir` (its `kid` is `rsa-test-key`).
+pub fn test_rsa_client(dir: &Path, token_lifetime: Duration) -> (Client, std::path::PathBuf) {
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let pem = include_str!("rsa-test-key.pem");
+    let private = rsa::RsaPrivateKey::from_pkcs8_pem(pem).expect("test RSA key");
+    let public = private.to_public_key();
+    let path = dir.join("rsa-key.pem");
+    std::fs::write(&path, pem).expect("write key");
+    (
+        Client {
+            client_id: "fhirlake-test".into(),
+            public_jwk: json!({
+                "kty": "RSA", "alg": "RS384", "kid": "rsa-test-key",
+                "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+                "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+            }),
+            token_lifetime,
+        },
+        path,
+    )
+}
+
 /// What the server saw (for assertions).
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
@@ -95,6 +138,14 @@ pub struct Counters {
     pub status_deletes: u32,
     /// Requests per file name.
     pub file_requests: HashMap<String, u32>,
+    /// File requests (on either listener) that carried an `Authorization` header.
+    pub file_requests_with_token: u32,
+    /// Requests the second listener (the other origin) received.
+    pub other_origin_requests: u32,
+    /// `(file name, first byte)` of each range request of a file.
+    pub range_requests: Vec<(String, u64)>,
+    /// Requests of manifest pages after the first.
+    pub manifest_pages: u32,
     pub tokens_issued: u32,
     pub unauthorized: u32,
     pub since_values: Vec<Option<String>>,
@@ -103,7 +154,8 @@ pub struct Counters {
 #[derive(Debug, Clone)]
 struct Resource {
     id: String,
-    line: String,
+    /// Shared with the export jobs that list it (a job keeps the version it exported).
+    line: Arc<str>,
     changed: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -111,7 +163,8 @@ struct Resource {
 struct ExportFile {
     name: String,
     resource_type: String,
-    body: Bytes,
+    /// The NDJSON lines (the body is built when the file is downloaded: no second copy of the data).
+    lines: Vec<Arc<str>>,
     count: usize,
     kind: &'static str,
 }
@@ -136,8 +189,14 @@ struct Shared {
     tokens: HashMap<String, Instant>,
     jtis: HashSet<String>,
     cut_done: HashSet<String>,
+    unauthorized_done: HashSet<String>,
+    unavailable_done: HashSet<String>,
+    /// `http://127.0.0.1:PORT` of the second listener.
+    other_base: String,
     status_429_sent: usize,
     kickoff_429_sent: bool,
+    /// Opened (given permits) by `release_held`.
+    hold_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The running mock server.
@@ -156,12 +215,20 @@ impl MockBulkServer {
             faults,
             client,
             data,
+            hold_gate: Some(Arc::new(tokio::sync::Semaphore::new(0))),
             ..Shared::default()
         }));
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let addr = std_listener.local_addr().expect("local addr");
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let bind = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            listener.set_nonblocking(true).expect("nonblocking");
+            listener
+        };
+        // The FHIR server, and a second origin (another port) for `files_on_other_origin`.
+        let (main_listener, other_listener) = (bind(), bind());
+        let addr = main_listener.local_addr().expect("local addr");
+        let other_addr = other_listener.local_addr().expect("local addr");
+        shared.lock().unwrap().other_base = format!("http://127.0.0.1:{}", other_addr.port());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let state = shared.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -170,17 +237,27 @@ impl MockBulkServer {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => break,
-                        accepted = listener.accept() => {
-                            let Ok((stream, _)) = accepted else { continue };
+                let serve = |listener: std::net::TcpListener, other_origin: bool| {
+                    let state = state.clone();
+                    async move {
+                        let listener =
+                            tokio::net::TcpListener::from_std(listener).expect("listener");
+                        loop {
+                            let Ok((stream, _)) = listener.accept().await else {
+                                continue;
+                            };
                             let state = state.clone();
                             tokio::spawn(async move {
                                 let service = hyper::service::service_fn(move |req| {
                                     let state = state.clone();
-                                    async move { Ok::<_, Infallible>(handle(req, state, addr).await) }
+                                    async move {
+                                        let response = if other_origin {
+                                            handle_other_origin(req, state).await
+                                        } else {
+                                            handle(req, state, addr).await
+                                        };
+                                        Ok::<_, Infallible>(response)
+                                    }
                                 });
                                 let _ = hyper::server::conn::http1::Builder::new()
                                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -188,6 +265,11 @@ impl MockBulkServer {
                             });
                         }
                     }
+                };
+                tokio::select! {
+                    _ = rx => {}
+                    () = serve(main_listener, false) => {}
+                    () = serve(other_listener, true) => {}
                 }
             });
             runtime.shutdown_timeout(Duration::from_secs(1));
@@ -216,6 +298,14 @@ impl MockBulkServer {
         shared.faults = faults;
         shared.status_429_sent = 0;
         shared.kickoff_429_sent = false;
+    }
+
+    /// Lets the downloads held by [`Faults::hold_type`] go on (now and later).
+    pub fn release_held(&self) {
+        let shared = self.shared.lock().unwrap();
+        if let Some(gate) = &shared.hold_gate {
+            gate.add_permits(1_000);
+        }
     }
 
     /// Resources per type that a full export of `types` (all when empty) returns now.
@@ -254,7 +344,7 @@ impl MockBulkServer {
         doc[field] = value;
         doc["meta"] =
             json!({"lastUpdated": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)});
-        resource.line = doc.to_string();
+        resource.line = doc.to_string().into();
         resource.changed = Some(now);
     }
 
@@ -306,7 +396,7 @@ fn load(dir: &Path, multiplier: u32) -> BTreeMap<String, Vec<Resource>> {
                 if copy == 0 {
                     entry.push(Resource {
                         id: id.clone(),
-                        line: line.clone(),
+                        line: line.as_str().into(),
                         changed: None,
                     });
                 } else {
@@ -319,7 +409,7 @@ fn load(dir: &Path, multiplier: u32) -> BTreeMap<String, Vec<Resource>> {
                     );
                     entry.push(Resource {
                         id: new_id,
-                        line,
+                        line: line.into(),
                         changed: None,
                     });
                 }
@@ -388,9 +478,15 @@ async fn handle(
         return token(&state, &body, &format!("{base}/auth/token"));
     }
     // Every other endpoint needs a valid token when a client is registered.
+    let is_file = path.starts_with("/fhir/bulkfiles/");
+    if is_file && !header("authorization").is_empty() {
+        state.lock().unwrap().counters.file_requests_with_token += 1;
+    }
     {
         let mut shared = state.lock().unwrap();
-        if shared.client.is_some() {
+        // With `requiresAccessToken: false` the files are open (IG: no token needed).
+        let open_file = is_file && shared.faults.files_without_token;
+        if shared.client.is_some() && !open_file {
             let token = header("authorization")
                 .strip_prefix("Bearer ")
                 .map(str::to_owned);
@@ -415,6 +511,21 @@ async fn handle(
     if path == "/fhir/$export" || path == "/fhir/Patient/$export" || is_group_export {
         return kickoff(&state, &method, &path, &query, &headers, &body, &base);
     }
+    if let Some((job, page)) = path
+        .strip_prefix("/fhir/bulkstatus/")
+        .and_then(|rest| rest.split_once("/page/"))
+    {
+        let (job, page) = (
+            job.parse().unwrap_or(u64::MAX),
+            page.parse().unwrap_or(usize::MAX),
+        );
+        let mut shared = state.lock().unwrap();
+        shared.counters.manifest_pages += 1;
+        return match manifest_page(&shared, job, page, &base) {
+            Some(body) => full(StatusCode::OK, "application/json", body.to_string()),
+            None => outcome(StatusCode::NOT_FOUND, "not-found", "no such manifest page"),
+        };
+    }
     if let Some(job) = path.strip_prefix("/fhir/bulkstatus/") {
         let job: u64 = job.parse().unwrap_or(u64::MAX);
         return status(&state, &method, job, &base);
@@ -425,11 +536,31 @@ async fn handle(
             &state,
             job.parse().unwrap_or(u64::MAX),
             name,
-            header("accept-encoding").contains("gzip"),
+            FileAsk::of(&headers),
         )
         .await;
     }
     outcome(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
+}
+
+/// The second origin: serves the export files, without a token, and nothing else.
+async fn handle_other_origin(req: Request<Incoming>, state: Arc<Mutex<Shared>>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let ask = FileAsk::of(req.headers());
+    {
+        let mut shared = state.lock().unwrap();
+        shared.counters.other_origin_requests += 1;
+        if req.headers().contains_key("authorization") {
+            shared.counters.file_requests_with_token += 1;
+        }
+    }
+    match path.strip_prefix("/fhir/bulkfiles/") {
+        Some(rest) => {
+            let (job, name) = rest.split_once('/').unwrap_or(("", ""));
+            file(&state, job.parse().unwrap_or(u64::MAX), name, ask).await
+        }
+        None => outcome(StatusCode::NOT_FOUND, "not-found", "no such endpoint"),
+    }
 }
 
 fn token(state: &Arc<Mutex<Shared>>, body: &[u8], audience: &str) -> Response<Body> {
@@ -471,22 +602,37 @@ fn token(state: &Arc<Mutex<Shared>>, body: &[u8], audience: &str) -> Response<Bo
     };
     let header: Value = serde_json::from_slice(&header).unwrap_or_default();
     let claims: Value = serde_json::from_slice(&claims).unwrap_or_default();
-    if header["alg"] != "ES384" || header["kid"] != client.public_jwk["kid"] {
+    let algorithm = match client.public_jwk["kty"].as_str() {
+        Some("RSA") => "RS384",
+        _ => "ES384",
+    };
+    if header["alg"] != algorithm || header["kid"] != client.public_jwk["kid"] {
         return oauth("invalid_client", "unknown key (alg/kid)");
     }
-    // JwkEcKey takes the key members only (no `kid`).
-    let members = json!({"kty": "EC", "crv": "P-384", "x": client.public_jwk["x"], "y": client.public_jwk["y"]});
-    let jwk: p384::elliptic_curve::JwkEcKey = serde_json::from_value(members).expect("public jwk");
-    let verifying =
-        p384::ecdsa::VerifyingKey::from(p384::PublicKey::from_jwk(&jwk).expect("P-384 jwk"));
-    let Ok(signature) = p384::ecdsa::Signature::from_slice(&signature) else {
-        return oauth("invalid_client", "bad signature encoding");
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    let verified = if algorithm == "RS384" {
+        // RSASSA-PKCS1-v1_5 with SHA-384 over the registered modulus and exponent.
+        use rsa::signature::Verifier;
+        let number = |member: &str| {
+            let text = client.public_jwk[member].as_str().unwrap_or_default();
+            rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(text).expect("public jwk"))
+        };
+        let public = rsa::RsaPublicKey::new(number("n"), number("e")).expect("RSA jwk");
+        let verifying = rsa::pkcs1v15::VerifyingKey::<sha2::Sha384>::new(public);
+        rsa::pkcs1v15::Signature::try_from(signature.as_slice())
+            .is_ok_and(|signature| verifying.verify(signed.as_bytes(), &signature).is_ok())
+    } else {
+        // JwkEcKey takes the key members only (no `kid`).
+        use p384::ecdsa::signature::Verifier;
+        let members = json!({"kty": "EC", "crv": "P-384", "x": client.public_jwk["x"], "y": client.public_jwk["y"]});
+        let jwk: p384::elliptic_curve::JwkEcKey =
+            serde_json::from_value(members).expect("public jwk");
+        let verifying =
+            p384::ecdsa::VerifyingKey::from(p384::PublicKey::from_jwk(&jwk).expect("P-384 jwk"));
+        p384::ecdsa::Signature::from_slice(&signature)
+            .is_ok_and(|signature| verifying.verify(signed.as_bytes(), &signature).is_ok())
     };
-    use p384::ecdsa::signature::Verifier;
-    if verifying
-        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
-        .is_err()
-    {
+    if !verified {
         return oauth("invalid_client", "signature does not verify");
     }
     let now = chrono::Utc::now().timestamp();
@@ -639,15 +785,10 @@ fn kickoff(
             })
             .collect();
         for (part, chunk) in selected.chunks(FILE_LINES).enumerate() {
-            let mut body = Vec::new();
-            for r in chunk {
-                body.extend_from_slice(r.line.as_bytes());
-                body.push(b'\n');
-            }
             files.push(ExportFile {
                 name: format!("{}.{}.ndjson", resource_type, part + 1),
                 resource_type: resource_type.clone(),
-                body: body.into(),
+                lines: chunk.iter().map(|r| r.line.clone()).collect(),
                 count: chunk.len(),
                 kind: "output",
             });
@@ -670,7 +811,7 @@ fn kickoff(
                 name: "deleted.ndjson".into(),
                 resource_type: "Bundle".into(),
                 count: deleted.len(),
-                body: (deleted.join("\n") + "\n").into_bytes().into(),
+                lines: deleted.into_iter().map(Arc::from).collect(),
                 kind: "deleted",
             });
         }
@@ -683,7 +824,7 @@ fn kickoff(
             name: "errors.ndjson".into(),
             resource_type: "OperationOutcome".into(),
             count: lines.len(),
-            body: (lines.join("\n") + "\n").into_bytes().into(),
+            lines: lines.into_iter().map(Arc::from).collect(),
             kind: "error",
         });
     }
@@ -759,7 +900,6 @@ fn status(state: &Arc<Mutex<Shared>>, method: &Method, job_id: u64, base: &str) 
         return response;
     }
     let faults = shared.faults.clone();
-    let requires_token = shared.client.is_some();
     let Some(job) = shared.jobs.get_mut(&job_id) else {
         return outcome(StatusCode::NOT_FOUND, "not-found", "no such export");
     };
@@ -777,42 +917,113 @@ fn status(state: &Arc<Mutex<Shared>>, method: &Method, job_id: u64, base: &str) 
             )
             .unwrap();
     }
+    let body = manifest_page(&shared, job_id, 0, base).expect("job");
+    full(StatusCode::OK, "application/json", body.to_string())
+}
+
+/// Page `page` (from 0) of a finished job's manifest: the entries of `output`, `deleted` and `error`
+/// in that order, `manifest_page_size` per page, each page but the last with a `next` link.
+fn manifest_page(shared: &Shared, job_id: u64, page: usize, base: &str) -> Option<Value> {
+    let faults = &shared.faults;
+    let job = shared.jobs.get(&job_id)?;
+    let file_base = if faults.files_on_other_origin {
+        shared.other_base.as_str()
+    } else {
+        base
+    };
     let entry = |f: &ExportFile| {
         let count = if faults.wrong_count_type.as_deref() == Some(f.resource_type.as_str()) {
             f.count + 5
         } else {
             f.count
         };
-        json!({"type": f.resource_type, "url": format!("{base}/fhir/bulkfiles/{job_id}/{}", f.name), "count": count})
+        json!({"type": f.resource_type, "url": format!("{file_base}/fhir/bulkfiles/{job_id}/{}", f.name), "count": count})
     };
+    let files: Vec<&ExportFile> = ["output", "deleted", "error"]
+        .iter()
+        .flat_map(|kind| job.files.iter().filter(move |f| f.kind == *kind))
+        .collect();
+    let size = match faults.manifest_page_size {
+        0 => files.len().max(1),
+        n => n,
+    };
+    let pages = files.len().div_ceil(size).max(1);
+    if page >= pages {
+        return None;
+    }
+    let on_page = &files[(page * size).min(files.len())..((page + 1) * size).min(files.len())];
     let of = |kind: &str| {
-        job.files
+        on_page
             .iter()
             .filter(|f| f.kind == kind)
-            .map(entry)
+            .map(|f| entry(f))
             .collect::<Vec<_>>()
     };
-    let manifest = json!({
+    let mut manifest = json!({
         "transactionTime": job.transaction_time,
         "request": job.request,
-        "requiresAccessToken": requires_token,
+        "requiresAccessToken": shared.client.is_some() && !faults.files_without_token,
         "outputOrganizedBy": "",
         "output": of("output"),
         "deleted": of("deleted"),
         "error": of("error"),
         "extension": {"mock": true},
     });
-    full(StatusCode::OK, "application/json", manifest.to_string())
+    if page + 1 < pages {
+        manifest["link"] = json!([{"relation": "next", "url": format!("{base}/fhir/bulkstatus/{job_id}/page/{}", page + 1)}]);
+    }
+    Some(manifest)
 }
 
-async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -> Response<Body> {
-    let (body, cut, delay) = {
+/// What a file request asks for besides the file.
+struct FileAsk {
+    /// `Accept-Encoding` includes gzip.
+    gzip: bool,
+    /// `Range: bytes=N-` (the only form the client sends; other forms are ignored, as RFC 9110 allows).
+    range_start: Option<u64>,
+    /// `If-Range`.
+    if_range: Option<String>,
+}
+
+impl FileAsk {
+    fn of(headers: &hyper::HeaderMap) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        FileAsk {
+            gzip: header("accept-encoding").is_some_and(|v| v.contains("gzip")),
+            range_start: header("range")
+                .and_then(|v| v.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()),
+            if_range: header("if-range"),
+        }
+    }
+}
+
+async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, ask: FileAsk) -> Response<Body> {
+    let held = {
         let mut shared = state.lock().unwrap();
         *shared
             .counters
             .file_requests
             .entry(name.to_string())
             .or_default() += 1;
+        let held_type = shared.faults.hold_type.clone();
+        let is_held = shared
+            .jobs
+            .get(&job_id)
+            .and_then(|j| j.files.iter().find(|f| f.name == name))
+            .is_some_and(|f| held_type.as_deref() == Some(f.resource_type.as_str()));
+        shared.hold_gate.clone().filter(|_| is_held)
+    };
+    if let Some(gate) = held {
+        // A permit is returned when dropped: once released, every held download goes on.
+        let _permit = gate.acquire().await;
+    }
+    let (lines, cut, delay, ranges) = {
+        let mut shared = state.lock().unwrap();
         let faults = shared.faults.clone();
         let Some(file) = shared
             .jobs
@@ -824,11 +1035,77 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
         if faults.gone_type.as_deref() == Some(file.resource_type.as_str()) {
             return outcome(StatusCode::GONE, "not-found", "file expired");
         }
-        let body = file.body.clone();
-        let cut = faults.cut_type.as_deref() == Some(file.resource_type.as_str())
-            && shared.cut_done.insert(name.to_string());
-        (body, cut, faults.chunk_delay)
+        let (lines, resource_type) = (file.lines.clone(), file.resource_type.clone());
+        let is = |fault: &Option<String>| fault.as_deref() == Some(resource_type.as_str());
+        let (unauthorized, unavailable) =
+            (is(&faults.unauthorized_type), is(&faults.unavailable_type));
+        if unauthorized && shared.unauthorized_done.insert(name.to_string()) {
+            // The tokens were revoked (or expired early): the client needs a new one.
+            shared.tokens.clear();
+            shared.counters.unauthorized += 1;
+            return outcome(StatusCode::UNAUTHORIZED, "login", "access token revoked");
+        }
+        if unavailable && shared.unavailable_done.insert(name.to_string()) {
+            return outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "storage busy, retry",
+            );
+        }
+        let cut = is(&faults.cut_type) && shared.cut_done.insert(name.to_string());
+        (lines, cut, faults.chunk_delay, faults.accept_ranges)
     };
+    let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for line in lines {
+        body.extend_from_slice(line.as_bytes());
+        body.push(b'\n');
+    }
+    let body = Bytes::from(body);
+    // Ranges (RFC 9110 14): of the identity body; `If-Range` with another validator means the
+    // whole file.
+    let etag = format!("\"{job_id}-{name}\"");
+    let range_start = ask
+        .range_start
+        .filter(|_| ranges && ask.if_range.as_ref().is_none_or(|v| *v == etag));
+    if let Some(start) = range_start {
+        let length = body.len() as u64;
+        state
+            .lock()
+            .unwrap()
+            .counters
+            .range_requests
+            .push((name.to_string(), start));
+        if start >= length {
+            return Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header("content-range", format!("bytes */{length}"))
+                .body(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+                .unwrap();
+        }
+        let rest = body.slice(start as usize..);
+        let chunks: Vec<Bytes> = (0..rest.len())
+            .step_by(CHUNK)
+            .map(|at| rest.slice(at..(at + CHUNK).min(rest.len())))
+            .collect();
+        return Response::builder()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header("content-type", "application/fhir+ndjson")
+            .header(
+                "content-range",
+                format!("bytes {start}-{}/{length}", length - 1),
+            )
+            .header("content-length", rest.len())
+            .header("etag", etag)
+            .body(BodyExt::boxed(StreamBody::new(futures::stream::iter(
+                chunks.into_iter().map(|c| Ok(Frame::data(c))),
+            ))))
+            .unwrap();
+    }
+    let gzip = ask.gzip;
     let body = if gzip {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(&body).unwrap();
@@ -852,10 +1129,15 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
                     }
                     Some((Ok(Frame::data(chunk)), (chunks, cut, delay)))
                 }
-                None if cut => Some((
-                    Err(std::io::Error::other("connection cut")),
-                    (chunks, false, delay),
-                )),
+                None if cut => {
+                    // Pending once first, so that hyper sends what it has buffered (headers and
+                    // half the body) before the connection is cut.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Some((
+                        Err(std::io::Error::other("connection cut")),
+                        (chunks, false, delay),
+                    ))
+                }
                 None => None,
             }
         },
@@ -866,6 +1148,11 @@ async fn file(state: &Arc<Mutex<Shared>>, job_id: u64, name: &str, gzip: bool) -
         .header("content-length", length);
     if gzip {
         response = response.header("content-encoding", "gzip");
+    }
+    if ranges {
+        response = response
+            .header("accept-ranges", "bytes")
+            .header("etag", etag);
     }
     response
         .body(BodyExt::boxed(StreamBody::new(stream)))
