@@ -396,6 +396,15 @@ mod tests {
             assert_eq!(id.as_deref(), Some(format!("x{i}").as_str()));
         }
         assert!(parser.parse("[1,", |_| ()).is_err());
+        // Escapes are decoded; the printed form re-escapes what JSON requires.
+        let text = r#"{"s":"caf\u00e9 \"x\"\n","e":""}"#;
+        parser
+            .parse(text, |json| {
+                assert_eq!(json.member("s").and_then(Json::text), Some("café \"x\"\n"));
+                assert_eq!(json.member("e").and_then(Json::text), Some(""));
+                assert_eq!(json.to_json_string(), r#"{"s":"café \"x\"\n","e":""}"#);
+            })
+            .unwrap();
         assert_eq!(
             parser.parse("[1]", |json| json.array().map(JsonArray::len)),
             Ok(Some(1))

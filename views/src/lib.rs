@@ -1,12 +1,12 @@
 //! SQL on FHIR v2: ViewDefinitions compiled to row generators that write Arrow columns.
 //!
-//! A crate of its own (arrow + sonic-rs, no DataFusion) so that the view compiler is found by its
+//! A crate of its own (arrow + simd-json, no DataFusion) so that the view compiler is found by its
 //! path, the query side and the ingest engine share it, and its benchmark builds in minutes.
 //!
 //! * [`definition`]: ViewDefinition JSON -> [`CompiledView`] (validation, constants, column
 //!   slots, Arrow types from `type` and `ansi/type` tags).
 //! * [`fhirpath`]: the FHIRPath subset (parser and evaluator).
-//! * [`json`]: the JSON tree views read resources into (sonic-rs).
+//! * [`json`]: the JSON tree views read resources into (a simd-json tape).
 //! * [`run`]: rows of one resource into [`ViewBatchBuilder`] (Arrow builders).
 //! * [`conformance`]: runs SQL-on-FHIR conformance test files and writes the official report.
 //! * [`builtin`]: the views fhirlake materializes in every lake.

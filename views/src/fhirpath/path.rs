@@ -53,10 +53,10 @@ pub struct PathPlan {
 
 /// The members of one focus object that a select's paths start from, found in one pass.
 ///
-/// sonic-rs objects are scanned pair by pair, and every access unpacks a node; a view of 16
-/// columns that each scan the resource's dozen members for their first name spends more time
-/// there than in everything else. The select lists its columns' first names once (at compile
-/// time) and the object is walked once per focus.
+/// Objects are scanned member by member; a view of 16 columns that each scan the resource's
+/// dozen members for their first name would walk the root object 16 times per resource. The
+/// select lists its columns' first names once (at compile time) and the object is walked once
+/// per focus.
 #[derive(Debug)]
 pub struct MemberIndex<'a> {
     /// `(name index, choice type, value)` in document order.
