@@ -59,15 +59,19 @@ pub struct PathPlan {
 /// per focus.
 #[derive(Debug)]
 pub struct MemberIndex<'a> {
-    /// `(name index, choice type, value)` in document order.
-    hits: Vec<(usize, Option<&'a str>, Json<'a>)>,
+    /// `(choice type, value, next hit of the same name)` in document order.
+    hits: Vec<(Option<&'a str>, Json<'a>, u16)>,
+    /// The first hit of each name ([`NO_HIT`] when none): a column follows its own chain.
+    heads: [u16; MemberNames::MAX],
 }
 
 impl<'a> MemberIndex<'a> {
     /// The members of `focus` matching `names` (`None` when the focus is not an object).
     pub fn build(focus: Json<'a>, names: &MemberNames) -> Option<Self> {
         let members = focus.object()?;
-        let mut hits = Vec::with_capacity(names.names.len() + 2);
+        let mut hits = Vec::with_capacity(16);
+        let mut heads = [NO_HIT; MemberNames::MAX];
+        let mut tails = [NO_HIT; MemberNames::MAX];
         for (key, value) in members.iter() {
             // Only the names starting with the key's first byte can match it.
             let mut candidates = key
@@ -78,13 +82,24 @@ impl<'a> MemberIndex<'a> {
                 let i = candidates.trailing_zeros() as usize;
                 candidates &= candidates - 1;
                 if let Some(ty) = member_match(key, &names.names[i]) {
-                    hits.push((i, ty, value));
+                    let Some(at) = u16::try_from(hits.len()).ok().filter(|&at| at != NO_HIT) else {
+                        return None; // more hits than a chain counts: walk without the index
+                    };
+                    hits.push((ty, value, NO_HIT));
+                    match tails[i] {
+                        NO_HIT => heads[i] = at,
+                        tail => hits[tail as usize].2 = at,
+                    }
+                    tails[i] = at;
                 }
             }
         }
-        Some(Self { hits })
+        Some(Self { hits, heads })
     }
 }
+
+/// No hit (end of a chain) in a [`MemberIndex`].
+const NO_HIT: u16 = u16::MAX;
 
 /// The first member names a select's columns start from, with a first-byte filter.
 #[derive(Debug, Clone)]
@@ -254,10 +269,9 @@ impl PathPlan {
                 if let (Some(first), Some(index)) = (self.first, index) {
                     // The first `.name` step, taken from the index (as `for_each_member`).
                     let rest = &self.steps[1..];
-                    for &(i, ty, value) in &index.hits {
-                        if i != first {
-                            continue;
-                        }
+                    let mut at = index.heads[first];
+                    while let Some(&(ty, value, next)) = index.hits.get(at as usize) {
+                        at = next;
                         for_each_member_value(value, ty, &mut |child| walk(rest, child, sink))?;
                         if ty.is_none() {
                             break;
