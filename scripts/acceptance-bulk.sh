@@ -5,8 +5,8 @@
 # `fhirlake ingest http://127.0.0.1:PORT/fhir --bulk --lake L --key-file K` (default safe-harbor
 # de-identification) must end with every exported resource in the lake, counted by type.
 #
-# Not part of CI (about an hour of CPU on 2 cores in a debug build). Needs ~8 GB of memory at
-# multiplier 100 (the mock keeps the export in memory). Usage:
+# Not part of CI (34 minutes on 2 cores in a debug build). Needs ~6 GB of memory at multiplier 100
+# (the mock keeps the export in memory). Figures: docs/bulk.md. Usage:
 #   scripts/acceptance-bulk.sh                 # release build, multiplier 100
 #   PROFILE=debug MULTIPLIER=1 scripts/acceptance-bulk.sh   # a quick check of the script itself
 set -euo pipefail
