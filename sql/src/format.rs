@@ -140,7 +140,7 @@ async fn write_stream_inner<W: Write + Send>(
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 rows += batch.num_rows() as u64;
-                let buf = ndjson_rows(&batch)?;
+                let buf = fhirlake_views::ndjson_rows(&batch)?;
                 if array {
                     for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                         if !first {
@@ -172,11 +172,6 @@ async fn write_stream_inner<W: Write + Send>(
         }
     }
     Ok(rows)
-}
-
-/// One JSON object per row (see [`fhirlake_views::ndjson_rows`]).
-pub fn ndjson_rows(batch: &RecordBatch) -> Result<Vec<u8>> {
-    Ok(fhirlake_views::ndjson_rows(batch)?)
 }
 
 /// Pretty-prints batches (always prints the header, even for zero rows).

@@ -40,15 +40,17 @@ pub fn run_view(view: Arc<CompiledView>, resources: &[Value]) -> Result<(Vec<Str
     let columns: Vec<String> = view.columns.iter().map(|c| c.name.clone()).collect();
     let mut builder = ViewBatchBuilder::new(view.clone());
     for (i, resource) in resources.iter().enumerate() {
+        let location = format!("resource #{}", i + 1);
         json::with_serde(resource, |json| {
             builder.append(json).map_err(|e| Error::ViewRow {
                 view: view.label().to_string(),
                 resource_type: json.resource_type().unwrap_or("?").to_string(),
-                location: format!("resource #{}", i + 1),
+                location: location.clone(),
                 element: e.element,
                 reason: e.reason,
             })
-        })?;
+        })
+        .map_err(|e| Error::TestSuite(format!("{location}: {e}")))??;
     }
     let batch = builder.finish()?;
     let rows = crate::ndjson_rows(&batch)?

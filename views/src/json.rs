@@ -82,17 +82,12 @@ pub fn parse<R>(text: &str, f: impl FnOnce(Json<'_>) -> R) -> Result<R, ParseErr
 }
 
 /// Calls `f` with the tree of a `serde_json` value (resources read by the file sources).
-pub fn with_serde<R>(value: &serde_json::Value, f: impl FnOnce(Json<'_>) -> R) -> R {
-    let text = serde_json::to_string(value).unwrap_or_default();
-    let mut f = Some(f);
-    if let Ok(Some(result)) = parse(&text, |json| f.take().map(|f| f(json))) {
-        return result;
-    }
-    // serde_json writes valid JSON, so this is not reached; `null` keeps the function total.
-    match f {
-        Some(f) => f(Json(&[Node::Static(StaticNode::Null)])),
-        None => unreachable!("the closure ran, so the parse returned its result"),
-    }
+pub fn with_serde<R>(
+    value: &serde_json::Value,
+    f: impl FnOnce(Json<'_>) -> R,
+) -> Result<R, ParseError> {
+    let text = serde_json::to_string(value).map_err(|e| ParseError(e.to_string()))?;
+    parse(&text, f)
 }
 
 /// What a node is, borrowed.
@@ -371,7 +366,8 @@ mod tests {
             parse(&printed, |again| assert_eq!(again, json)).unwrap();
             with_serde(&serde_json::from_str(text).unwrap(), |via_serde| {
                 assert_eq!(via_serde, json)
-            });
+            })
+            .unwrap();
         })
         .unwrap();
     }

@@ -194,14 +194,14 @@ async fn run_view(args: RunArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {message}");
             }
             Input::Resource(at, resource) => {
-                if let Err(e) = json::with_serde(&resource, |json| builder.append(json)) {
+                let problem = match json::with_serde(&resource, |json| builder.append(json)) {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(format!("{}: {}", e.element, e.reason)),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(problem) = problem {
                     problems += 1;
-                    eprintln!(
-                        "error: {at}: view {}: {}: {}",
-                        view.label(),
-                        e.element,
-                        e.reason
-                    );
+                    eprintln!("error: {at}: view {}: {problem}", view.label());
                 }
                 if builder.len() >= 8192 {
                     batches.push(builder.finish()?);

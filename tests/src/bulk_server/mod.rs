@@ -438,6 +438,15 @@ fn outcome(status: StatusCode, code: &str, text: &str) -> Response<Body> {
     full(status, "application/fhir+json", body.to_string())
 }
 
+/// A 429 with its OperationOutcome and the `Retry-After` value as given (any form).
+fn throttled(text: &str, retry_after: &str) -> Response<Body> {
+    let mut response = outcome(StatusCode::TOO_MANY_REQUESTS, "throttled", text);
+    response
+        .headers_mut()
+        .insert("retry-after", retry_after.parse().unwrap());
+    response
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<Shared>>,
@@ -733,15 +742,7 @@ fn kickoff(
         && !shared.kickoff_429_sent
     {
         shared.kickoff_429_sent = true;
-        let mut response = outcome(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "too many exports",
-        );
-        response
-            .headers_mut()
-            .insert("retry-after", retry_after.parse().unwrap());
-        return response;
+        return throttled("too many exports", &retry_after);
     }
     let types: Vec<String> = params
         .iter()
@@ -889,15 +890,7 @@ fn status(state: &Arc<Mutex<Shared>>, method: &Method, job_id: u64, base: &str) 
     if shared.status_429_sent < shared.faults.status_429.len() {
         let value = shared.faults.status_429[shared.status_429_sent].clone();
         shared.status_429_sent += 1;
-        let mut response = outcome(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "polling too fast",
-        );
-        response
-            .headers_mut()
-            .insert("retry-after", value.parse().unwrap());
-        return response;
+        return throttled("polling too fast", &value);
     }
     let faults = shared.faults.clone();
     let Some(job) = shared.jobs.get_mut(&job_id) else {
