@@ -5,8 +5,11 @@
 //!   interpreter over a DOM would start from);
 //! * `tree parse`: parsing into the view engine's JSON tree only (a simd-json tape), the floor a view
 //!   that reads whole resources cannot go below;
-//! * `observation view`: parse + every row of the built-in `observation` view into Arrow builders
-//!   + the record batch (what ingest does per changed Observation).
+//! * `observation view (tree)`: the general path: the tape parse + every row of the built-in
+//!   `observation` view into Arrow builders + the record batch;
+//! * `observation view`: what ingest does per changed Observation
+//!   (`ViewBatchBuilder::append_text`): the same rows and batch read in one pass over the text,
+//!   without a tree (the view is flat; see `views/src/onepass/`).
 //!
 //! Input: every Observation of the Synthea bulk-data-server export (16,315 resources, identified
 //! source data; de-identified resources in a lake are smaller, so this is the harder case). Run
@@ -73,7 +76,7 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    group.bench_function("observation view", |b| {
+    group.bench_function("observation view (tree)", |b| {
         b.iter(|| {
             let mut builder = ViewBatchBuilder::new(view.clone());
             let mut parser = JsonParser::default();
@@ -83,6 +86,20 @@ fn bench(c: &mut Criterion) {
                     .expect("json")
                     .expect("rows");
             }
+            black_box(builder.finish().expect("batch"));
+        })
+    });
+    group.bench_function("observation view", |b| {
+        b.iter(|| {
+            let mut builder = ViewBatchBuilder::new(view.clone());
+            let mut parser = JsonParser::default();
+            for line in &lines {
+                builder
+                    .append_text(line, &mut parser)
+                    .expect("json")
+                    .expect("rows");
+            }
+            assert_eq!(builder.text_paths().general, 0, "every line in one pass");
             black_box(builder.finish().expect("batch"));
         })
     });

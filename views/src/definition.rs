@@ -139,6 +139,8 @@ pub struct CompiledView {
     pub columns: Vec<ColumnSpec>,
     pub(crate) root: SelectNode,
     pub(crate) filters: Vec<Expr>,
+    /// The view as one pass over resource text, when it is flat enough (see `crate::onepass`).
+    pub(crate) one_pass: Option<Arc<crate::onepass::OnePassPlan>>,
     schema: SchemaRef,
 }
 
@@ -160,6 +162,12 @@ impl CompiledView {
     /// The Arrow schema of the rows.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// True when rows can be read from resource text in one pass, without a tree of the
+    /// resource (see [`crate::ViewBatchBuilder::append_text`]).
+    pub fn reads_text_in_one_pass(&self) -> bool {
+        self.one_pass.is_some()
     }
 
     /// A short label for messages: the view name, or its resource type.
@@ -340,12 +348,16 @@ impl Compiler {
                 Field::new(&c.name, data_type, true)
             })
             .collect();
+        let one_pass =
+            crate::onepass::OnePassPlan::compile(&resource, &self.columns, &root, &filters)
+                .map(Arc::new);
         Ok(CompiledView {
             name,
             resource,
             columns: self.columns,
             root,
             filters,
+            one_pass,
             schema: Arc::new(Schema::new(fields)),
         })
     }

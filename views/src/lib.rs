@@ -8,6 +8,7 @@
 //! * [`fhirpath`]: the FHIRPath subset (parser and evaluator).
 //! * [`json`]: the JSON tree views read resources into (a simd-json tape).
 //! * [`run`]: rows of one resource into [`ViewBatchBuilder`] (Arrow builders).
+//! * `onepass`: rows of flat views read straight from resource text, without a tree.
 //! * [`conformance`]: runs SQL-on-FHIR conformance test files and writes the official report.
 //! * [`builtin`]: the views fhirlake materializes in every lake.
 
@@ -16,11 +17,12 @@ pub mod conformance;
 pub mod definition;
 pub mod fhirpath;
 pub mod json;
+mod onepass;
 pub mod run;
 
 pub use definition::{ColumnKind, ColumnSpec, CompiledView};
 pub use json::{Json, JsonParser};
-pub use run::{Cell, RowError, ViewBatchBuilder, ndjson_rows};
+pub use run::{Cell, RowError, TextPaths, ViewBatchBuilder, ndjson_rows};
 
 /// Errors of the view compiler and runner. Variants name view elements and resource locations,
 /// never resource values.

@@ -20,7 +20,8 @@ use arrow::record_batch::RecordBatch;
 use super::definition::{ColumnKind, CompiledView, Iteration, SelectNode};
 use super::fhirpath::temporal::{epoch_days, epoch_micros, time_micros};
 use super::fhirpath::{Env, Item, MemberIndex, Prim, evaluate};
-use super::json::{Json, Kind};
+use super::json::{Json, JsonParser, Kind, ParseError};
+use super::onepass::{RowState, Value};
 use crate::Result;
 
 /// One cell of the row being built.
@@ -294,6 +295,19 @@ pub struct ViewBatchBuilder {
     /// The `_resource_id` maintenance column, when asked for.
     resource_ids: Option<StringBuilder>,
     schema: SchemaRef,
+    /// Per-row state of the one-pass reader (kept so that rows allocate nothing).
+    one_pass: RowState,
+    /// Resources read in one pass / through the general path by [`Self::append_text`].
+    text_paths: TextPaths,
+}
+
+/// How [`ViewBatchBuilder::append_text`] read resources (for tests and benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextPaths {
+    /// Resources read in one pass over their text.
+    pub one_pass: u64,
+    /// Resources parsed into a tree and run through the general path.
+    pub general: u64,
 }
 
 /// Name of the maintenance column materialized views carry: the resource each row came from.
@@ -464,6 +478,19 @@ impl ColumnBuilder {
         Ok(())
     }
 
+    /// Appends a one-pass value (its kind was checked against the column's when converted).
+    fn append_value(&mut self, value: Value, text: &str) {
+        match (&mut self.values, value) {
+            (Values::Utf8(b), Value::Str(start, end)) => {
+                b.append_value(text.get(start as usize..end as usize).unwrap_or_default())
+            }
+            (Values::Float64(b), Value::F64(f)) => b.append_value(f),
+            (Values::Int64(b), Value::I64(i)) => b.append_value(i),
+            (Values::Boolean(b), Value::Bool(v)) => b.append_value(v),
+            _ => self.append_null(),
+        }
+    }
+
     fn close_list(&mut self, valid: bool) {
         let len = self.len() as i32;
         if let Some((offsets, validity)) = &mut self.list {
@@ -509,6 +536,8 @@ impl ViewBatchBuilder {
             rows: 0,
             done: Vec::new(),
             resource_ids: None,
+            one_pass: RowState::default(),
+            text_paths: TextPaths::default(),
         }
     }
 
@@ -582,6 +611,43 @@ impl ViewBatchBuilder {
                 Err(e)
             }
         }
+    }
+
+    /// Appends the rows of one resource given as JSON text: in one pass over the text when the
+    /// view and the resource allow it (see `crate::onepass`), else parsed by `parser` and
+    /// appended as [`Self::append`] does. The rows are the same either way.
+    pub fn append_text(
+        &mut self,
+        text: &str,
+        parser: &mut JsonParser,
+    ) -> Result<Result<usize, RowError>, ParseError> {
+        if let Some(plan) = &self.view.one_pass {
+            match plan.row(text, &mut self.one_pass) {
+                Ok(false) => {
+                    self.text_paths.one_pass += 1;
+                    return Ok(Ok(0));
+                }
+                Ok(true) => {
+                    self.text_paths.one_pass += 1;
+                    for (builder, value) in self.columns.iter_mut().zip(&self.one_pass.values) {
+                        builder.append_value(*value, text);
+                    }
+                    if let Some(ids) = &mut self.resource_ids {
+                        ids.append_value(self.one_pass.id(text));
+                    }
+                    self.rows += 1;
+                    return Ok(Ok(1));
+                }
+                Err(_) => {}
+            }
+        }
+        self.text_paths.general += 1;
+        parser.parse(text, |json| self.append(json))
+    }
+
+    /// How [`Self::append_text`] has read resources so far.
+    pub fn text_paths(&self) -> TextPaths {
+        self.text_paths
     }
 
     /// Drops whatever a failed resource appended: the rows before it move to `done`.

@@ -16,7 +16,7 @@ use fhirlake::views::{lake_views, refresh_view};
 use fhirlake_sql::OutputFormat;
 use fhirlake_views::builtin::{BUILTIN_VIEWS, builtin_view_text};
 use fhirlake_views::conformance::{report, run_dir};
-use fhirlake_views::{CompiledView, ViewBatchBuilder, json};
+use fhirlake_views::{CompiledView, JsonParser, ViewBatchBuilder};
 
 use super::args::LakeArgs;
 use super::deid::{Input, read_inputs};
@@ -185,6 +185,7 @@ async fn run_view(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let view = Arc::new(load_view(&args.view)?);
     let mut builder = ViewBatchBuilder::new(view.clone());
+    let mut parser = JsonParser::default();
     let mut batches = Vec::new();
     let mut problems = 0u64;
     read_inputs(args.inputs, |input| {
@@ -194,10 +195,13 @@ async fn run_view(args: RunArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {message}");
             }
             Input::Resource(at, resource) => {
-                let problem = match json::with_serde(&resource, |json| builder.append(json)) {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(format!("{}: {}", e.element, e.reason)),
-                    Err(e) => Some(e.to_string()),
+                let problem = match serde_json::to_string(&resource) {
+                    Ok(text) => match builder.append_text(&text, &mut parser) {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(format!("{}: {}", e.element, e.reason)),
+                        Err(e) => Some(e.to_string()),
+                    },
+                    Err(e) => Some(format!("invalid JSON: {e}")),
                 };
                 if let Some(problem) = problem {
                     problems += 1;

@@ -10,9 +10,10 @@
 //!   row was written by a run not (yet) recorded in `lake.runs` (this run, or a killed one), and
 //!   view rows whose resource is no longer in the raw table (deleted).
 //!
-//! Resource JSON is read back from the raw table and parsed into the borrowed tree of
-//! `fhirlake_views::JsonParser`: a second parse of the changed resources, because the raw MERGE
-//! decides which version of a resource wins only after the pipeline's parse is gone.
+//! Resource JSON is read back from the raw table (the raw MERGE decides which version of a
+//! resource wins only after the pipeline's parse is gone) and handed to
+//! `ViewBatchBuilder::append_text`: flat views read it in one pass over the text, the others
+//! parse it into the tree of `fhirlake_views::JsonParser`.
 
 use std::sync::Arc;
 
@@ -291,7 +292,7 @@ async fn compute_rows(
         for i in 0..batch.num_rows() {
             let id = ids.value(i);
             touched.push(id.to_string());
-            let outcome = match parser.parse(resources.value(i), |json| builder.append(json)) {
+            let outcome = match builder.append_text(resources.value(i), &mut parser) {
                 Ok(appended) => appended
                     .map(|_| ())
                     .map_err(|e| format!("{}: {}", e.element, e.reason)),

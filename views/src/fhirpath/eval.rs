@@ -804,14 +804,29 @@ pub fn reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
     if reference.starts_with('#') {
         return None;
     }
-    // The common `Type/id` in one scan; the general split below gives the same answer for it.
-    if let Some((ty, id)) = reference.split_once('/')
-        && ty.starts_with(|c: char| c.is_ascii_uppercase())
-        && !id.is_empty()
-        && !id.bytes().any(|b| matches!(b, b'/' | b'?' | b'#'))
-        && !ty.bytes().any(|b| matches!(b, b'?' | b'#'))
-    {
-        return Some((Some(ty), id));
+    // The common `Type/id` in one scan (one `/`, no `?` or `#`, a type starting upper case); the
+    // general split below gives the same answer for it.
+    let bytes = reference.as_bytes();
+    if bytes.first().is_some_and(u8::is_ascii_uppercase) {
+        let mut slash = None;
+        let mut simple = true;
+        for (i, b) in bytes.iter().enumerate() {
+            match b {
+                b'/' if slash.is_none() => slash = Some(i),
+                b'/' | b'?' | b'#' => {
+                    simple = false;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if simple
+            && let Some(at) = slash
+            && let (Some(ty), Some(id)) = (reference.get(..at), reference.get(at + 1..))
+            && !id.is_empty()
+        {
+            return Some((Some(ty), id));
+        }
     }
     let path = reference.split(['?', '#']).next().unwrap_or(reference);
     // Segments from the end, empty ones skipped: `[.., ty, id]` or `[.., ty, id, _history, v]`.

@@ -19,7 +19,7 @@ use crate::json::Json;
 
 /// Where a path starts.
 #[derive(Debug, Clone)]
-enum Source {
+pub(crate) enum Source {
     /// The focus item(s).
     Focus,
     /// `getResourceKey()` on the focus.
@@ -30,7 +30,7 @@ enum Source {
 
 /// One streaming step.
 #[derive(Debug, Clone)]
-enum Step {
+pub(crate) enum Step {
     /// `.name` (choice elements by their FHIR name, as the evaluator).
     Member(String),
     /// `.ofType(T)`.
@@ -44,8 +44,8 @@ enum Step {
 /// A compiled member path.
 #[derive(Debug, Clone)]
 pub struct PathPlan {
-    source: Source,
-    steps: Vec<Step>,
+    pub(crate) source: Source,
+    pub(crate) steps: Vec<Step>,
     /// Index of the first member name in the select's [`MemberIndex`] names, when the path
     /// starts with `.name` on its focus (see [`PathPlan::bind_first_member`]).
     first: Option<usize>,

@@ -1,0 +1,768 @@
+//! One pass over a resource's JSON text for flat views: the rows of a view whose columns are all
+//! plain paths are read straight from the text, without building a tree of the resource.
+//!
+//! A view qualifies when it has no `where`, every select is a plain one (no `forEach`,
+//! `forEachOrNull`, `repeat` or `unionAll`), and every column is a single-valued text, decimal,
+//! integer or boolean column whose path compiled to a [`PathPlan`] of member steps, `ofType` on
+//! a choice element, `first()`, `getResourceKey()`, `getReferenceKey([T])` and
+//! `(a | b | ...).first()`. That is most built-in views, `observation` included.
+//!
+//! Compiling merges the columns' paths into a trie of member names ([`PlanNode`]): shared
+//! prefixes such as `code.coding.first()` are read once. The scanner walks the text once; in an
+//! object of the trie it compares each key with that node's members (first-byte filter) and skips
+//! every other value without looking inside it more than validation needs. Values land in
+//! per-row slots; the row is converted and appended only when the whole text has been read.
+//!
+//! The one-pass result must be exactly the general path's (simd-json tape + [`PathPlan`] walk).
+//! Every case where matching FHIRPath's rules would need more than the trie knows makes the
+//! scanner bail, and the resource goes through the general path: a key naming a choice type of a
+//! plain member (`statusDate` for `status`), the bare name of a choice member (`value` beside
+//! `valueQuantity`), an object or array where a value is read, a number where text is read, any
+//! escape in a key or in a value read, exponents and `\u` escapes anywhere. Views and resources
+//! the trie does not fit take the general path from the start. Tests in `views/tests/one_pass.rs`
+//! compare both paths over the conformance suite, every built-in view on the Synthea export and
+//! generated variants.
+
+mod scanner;
+
+use scanner::{Bail, Key, MAX_DEPTH, Name, Scalar, ScalarKind, Scan, Scanner, key_word};
+
+use crate::definition::{ColumnExpr, ColumnKind, ColumnSpec, Iteration, SelectNode};
+use crate::fhirpath::Expr;
+use crate::fhirpath::eval::{is_choice_type, reference_parts};
+use crate::fhirpath::path::{PathPlan, Source, Step};
+
+/// How a member key is matched in an object (FHIRPath's rules, restricted to what one pass can
+/// follow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MatchMode {
+    /// `.name`: the first member named exactly `name` (FHIRPath stops there); a member named
+    /// `name` + a choice type before or after it makes the scanner bail.
+    Plain,
+    /// `.name.ofType(T)`: every member named `nameT`; a member named `name` alone bails.
+    Choice { base_len: usize },
+    /// The first member named exactly so, nothing else considered (`resourceType`, `id`, and a
+    /// reference's `reference`, as the evaluator reads them).
+    Raw,
+}
+
+/// What the value of a matched member feeds.
+#[derive(Debug, Clone)]
+enum Target {
+    /// An object (or array of objects) the trie goes on into.
+    Node(usize),
+    /// Scalars read into slots.
+    Leaves(Vec<Leaf>),
+}
+
+/// One use of a scalar member value.
+#[derive(Debug, Clone)]
+enum Leaf {
+    /// The value itself (array items flattened, nulls skipped).
+    Item(usize),
+    /// The value when it is a string (`getResourceKey()` from `id`).
+    StrOnly(usize),
+    /// The id part of a `reference` string, when its type is the wanted one.
+    ReferenceKey { slot: usize, wanted: Option<String> },
+    /// The resource's `id` (for the `_resource_id` column).
+    Id,
+    /// The resource's `resourceType`.
+    ResourceType,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    key: String,
+    name: Name,
+    /// The choice element's own name (`value` of `valueQuantity`), for [`MatchMode::Choice`].
+    base: Option<Name>,
+    mode: MatchMode,
+    target: Target,
+}
+
+/// One object position of the trie.
+#[derive(Debug, Clone)]
+struct PlanNode {
+    members: Vec<Member>,
+    /// Bit `i` of entry `b`: member `i`'s key starts with byte `b`.
+    by_first_byte: Box<[u64; 256]>,
+    /// Only the first item reaching this position in a row is read (a `first()` after it).
+    first_only: bool,
+}
+
+/// What a key is in a node.
+#[derive(Debug, Clone, Copy)]
+enum Lookup {
+    Skip,
+    Member(usize),
+    Bail,
+}
+
+/// The `k`-th key of the last object read at a node, and what it was there. Resources of one type
+/// mostly list the same keys in the same order, so a key is usually found by comparing it with one
+/// cached key (a predictable branch) instead of the node's candidates.
+#[derive(Debug, Clone, Copy)]
+struct CachedKey {
+    len: usize,
+    words: [u64; 3],
+    found: Lookup,
+}
+
+/// Keys longer than this are looked up every time.
+const CACHED_KEY_MAX: usize = 24;
+/// Key positions per node that are cached.
+const CACHED_KEYS: usize = 64;
+
+impl PlanNode {
+    fn new(first_only: bool) -> Self {
+        Self {
+            members: Vec::new(),
+            by_first_byte: Box::new([0; 256]),
+            first_only,
+        }
+    }
+
+    #[inline]
+    fn lookup(&self, text: &[u8], key: Key) -> Lookup {
+        let Some(&first) = text.get(key.start).filter(|_| key.len > 0) else {
+            return Lookup::Skip;
+        };
+        let mut candidates = self.by_first_byte[first as usize];
+        let mut found = Lookup::Skip;
+        while candidates != 0 {
+            let i = candidates.trailing_zeros() as usize;
+            candidates &= candidates - 1;
+            let member = &self.members[i];
+            if member.name.is(text, key) {
+                found = Lookup::Member(i);
+                continue;
+            }
+            let clash = match (member.mode, &member.base) {
+                (MatchMode::Plain, _) => {
+                    let len = member.name.len();
+                    key.len > len
+                        && member.name.starts(text, key)
+                        && text
+                            .get(key.start + len..key.start + key.len)
+                            .filter(|suffix| suffix[0].is_ascii_uppercase())
+                            .and_then(|suffix| std::str::from_utf8(suffix).ok())
+                            .is_some_and(is_choice_type)
+                }
+                (MatchMode::Choice { .. }, Some(base)) => base.is(text, key),
+                _ => false,
+            };
+            if clash {
+                return Lookup::Bail;
+            }
+        }
+        found
+    }
+}
+
+/// How a slot takes a second value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotMode {
+    /// A second value is an error of the general path ("returned 2 values"): bail.
+    Single,
+    /// Only the first value counts (`first()`, a `FirstOf` branch).
+    First,
+}
+
+/// Where a column's value comes from.
+#[derive(Debug, Clone)]
+enum ColumnSource {
+    Slot(usize),
+    /// `(a | b | ...).first()`: the first branch with a value.
+    FirstOf(Vec<usize>),
+}
+
+/// A flat view compiled to a trie of member names over the resource text.
+#[derive(Debug, Clone)]
+pub(crate) struct OnePassPlan {
+    resource: String,
+    nodes: Vec<PlanNode>,
+    slot_modes: Vec<SlotMode>,
+    columns: Vec<(ColumnSource, ColumnKind)>,
+}
+
+/// A converted column value; text as offsets into the resource text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value {
+    Null,
+    Str(u32, u32),
+    F64(f64),
+    I64(i64),
+    Bool(bool),
+}
+
+/// Per-row state, kept by the batch builder so that rows allocate nothing.
+#[derive(Debug, Default)]
+pub(crate) struct RowState {
+    /// Per trie node, kept across rows (see [`CachedKey`]).
+    keys: Vec<Vec<CachedKey>>,
+    slots: Vec<Option<Scalar>>,
+    taken: Vec<bool>,
+    id: Option<Scalar>,
+    resource_type: Option<Scalar>,
+    /// The row's values in column order, after [`OnePassPlan::row`] returned true.
+    pub values: Vec<Value>,
+}
+
+impl RowState {
+    /// The resource's `id` (empty when it has none): what `_resource_id` holds.
+    pub fn id<'t>(&self, text: &'t str) -> &'t str {
+        self.id
+            .and_then(|s| text.get(s.start as usize..s.end as usize))
+            .unwrap_or_default()
+    }
+}
+
+/// One member step of a column path.
+struct Edge {
+    key: String,
+    mode: MatchMode,
+    first: bool,
+}
+
+impl OnePassPlan {
+    /// The plan of a view, or `None` when the view does not fit one pass.
+    pub(crate) fn compile(
+        resource: &str,
+        specs: &[ColumnSpec],
+        root: &SelectNode,
+        filters: &[Expr],
+    ) -> Option<Self> {
+        if !filters.is_empty() {
+            return None;
+        }
+        let mut columns: Vec<Option<&ColumnExpr>> = vec![None; specs.len()];
+        collect_columns(root, &mut columns)?;
+        let mut plan = Self {
+            resource: resource.to_string(),
+            nodes: vec![PlanNode::new(false)],
+            slot_modes: Vec::new(),
+            columns: Vec::with_capacity(specs.len()),
+        };
+        plan.add_leaf(0, "resourceType", MatchMode::Raw, Leaf::ResourceType)?;
+        plan.add_leaf(0, "id", MatchMode::Raw, Leaf::Id)?;
+        for (spec, column) in specs.iter().zip(columns) {
+            let column = column?;
+            let readable = matches!(
+                spec.kind,
+                ColumnKind::Utf8 | ColumnKind::Float64 | ColumnKind::Int64 | ColumnKind::Boolean
+            );
+            if column.collection || !readable {
+                return None;
+            }
+            let source = plan.column_source(column.plan.as_ref()?)?;
+            plan.columns.push((source, spec.kind));
+        }
+        Some(plan)
+    }
+
+    fn column_source(&mut self, path: &PathPlan) -> Option<ColumnSource> {
+        match &path.source {
+            Source::Focus => self
+                .route(&path.steps, SlotMode::Single)
+                .map(ColumnSource::Slot),
+            Source::ResourceKey => {
+                let mode = first_steps_only(&path.steps)?;
+                let slot = self.new_slot(mode);
+                self.add_leaf(0, "id", MatchMode::Raw, Leaf::StrOnly(slot))?;
+                Some(ColumnSource::Slot(slot))
+            }
+            Source::FirstOf(branches) => {
+                if !path.steps.is_empty() {
+                    return None;
+                }
+                let slots = branches
+                    .iter()
+                    .map(|branch| match branch.source {
+                        Source::Focus => self.route(&branch.steps, SlotMode::First),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(ColumnSource::FirstOf(slots))
+            }
+        }
+    }
+
+    fn new_slot(&mut self, mode: SlotMode) -> usize {
+        self.slot_modes.push(mode);
+        self.slot_modes.len() - 1
+    }
+
+    /// Adds the path `steps` (from the resource) to the trie; its slot.
+    fn route(&mut self, steps: &[Step], mode: SlotMode) -> Option<usize> {
+        let mut edges = Vec::new();
+        let mut reference = None;
+        let mut i = 0;
+        while i < steps.len() {
+            match &steps[i] {
+                Step::Member(name) if !name.is_empty() => {
+                    let (key, mode) = match steps.get(i + 1) {
+                        Some(Step::OfType(ty)) => {
+                            i += 1;
+                            let suffix = choice_suffix(&ty.name)?;
+                            let base_len = name.len();
+                            (format!("{name}{suffix}"), MatchMode::Choice { base_len })
+                        }
+                        _ => (name.clone(), MatchMode::Plain),
+                    };
+                    i += 1;
+                    let first = count_firsts(steps, &mut i) > 0;
+                    edges.push(Edge { key, mode, first });
+                }
+                Step::ReferenceKey(wanted) => {
+                    i += 1;
+                    let first = count_firsts(steps, &mut i) > 0;
+                    if i != steps.len() {
+                        return None;
+                    }
+                    reference = Some((wanted.as_ref().map(|t| t.name.clone()), first));
+                }
+                _ => return None,
+            }
+        }
+        match reference {
+            Some((wanted, first)) => {
+                let node = self.descend(&edges)?;
+                let slot = self.new_slot(if first { SlotMode::First } else { mode });
+                self.add_leaf(
+                    node,
+                    "reference",
+                    MatchMode::Raw,
+                    Leaf::ReferenceKey { slot, wanted },
+                )?;
+                Some(slot)
+            }
+            None => {
+                let (last, path) = edges.split_last()?;
+                let node = self.descend(path)?;
+                let slot = self.new_slot(if last.first { SlotMode::First } else { mode });
+                self.add_leaf(node, &last.key, last.mode, Leaf::Item(slot))?;
+                Some(slot)
+            }
+        }
+    }
+
+    /// The node at the end of `edges` from the root, created as needed.
+    fn descend(&mut self, edges: &[Edge]) -> Option<usize> {
+        let mut node = 0;
+        for edge in edges {
+            let existing = self.nodes[node]
+                .members
+                .iter()
+                .position(|m| m.key == edge.key);
+            node = match existing {
+                Some(i) => {
+                    let member = &mut self.nodes[node].members[i];
+                    member.mode = merge_modes(member.mode, edge.mode)?;
+                    let Target::Node(child) = member.target else {
+                        return None;
+                    };
+                    if self.nodes[child].first_only != edge.first {
+                        return None;
+                    }
+                    child
+                }
+                None => {
+                    let child = self.nodes.len();
+                    self.nodes.push(PlanNode::new(edge.first));
+                    self.add_member(node, &edge.key, edge.mode, Target::Node(child))?;
+                    child
+                }
+            };
+        }
+        Some(node)
+    }
+
+    fn add_leaf(&mut self, node: usize, key: &str, mode: MatchMode, leaf: Leaf) -> Option<()> {
+        let members = &mut self.nodes[node].members;
+        match members.iter_mut().find(|m| m.key == key) {
+            Some(member) => {
+                member.mode = merge_modes(member.mode, mode)?;
+                match &mut member.target {
+                    Target::Leaves(leaves) => leaves.push(leaf),
+                    Target::Node(_) => return None,
+                }
+                Some(())
+            }
+            None => self.add_member(node, key, mode, Target::Leaves(vec![leaf])),
+        }
+    }
+
+    fn add_member(
+        &mut self,
+        node: usize,
+        key: &str,
+        mode: MatchMode,
+        target: Target,
+    ) -> Option<()> {
+        let node = &mut self.nodes[node];
+        let i = node.members.len();
+        if i >= 64 {
+            return None;
+        }
+        let first = *key.as_bytes().first()?;
+        node.by_first_byte[first as usize] |= 1 << i;
+        let base = match mode {
+            MatchMode::Choice { base_len } => Some(Name::new(key.get(..base_len)?)),
+            _ => None,
+        };
+        node.members.push(Member {
+            key: key.to_string(),
+            name: Name::new(key),
+            base,
+            mode,
+            target,
+        });
+        Some(())
+    }
+
+    /// Reads one resource text. `Ok(true)`: one row, in `state.values`; `Ok(false)`: no row (the
+    /// resource is of another type); `Err(Bail)`: the general path must read it.
+    pub(crate) fn row(&self, text: &str, state: &mut RowState) -> Scan<bool> {
+        state.slots.clear();
+        state.slots.resize(self.slot_modes.len(), None);
+        state.taken.clear();
+        state.taken.resize(self.nodes.len(), false);
+        state.id = None;
+        state.resource_type = None;
+        state.keys.resize(self.nodes.len(), Vec::new());
+        let mut scanner = Scanner::new(text);
+        scanner.ws();
+        self.object(&mut scanner, 0, state)?;
+        scanner.ws();
+        if !scanner.at_end() {
+            return Err(Bail);
+        }
+        let resource_type = state
+            .resource_type
+            .and_then(|s| text.get(s.start as usize..s.end as usize));
+        if resource_type != Some(self.resource.as_str()) {
+            return Ok(false);
+        }
+        state.values.clear();
+        for (source, kind) in &self.columns {
+            let scalar = match source {
+                ColumnSource::Slot(slot) => state.slots[*slot],
+                ColumnSource::FirstOf(slots) => slots.iter().find_map(|slot| state.slots[*slot]),
+            };
+            let value = match scalar {
+                None => Value::Null,
+                Some(scalar) => convert(*kind, scalar, text)?,
+            };
+            state.values.push(value);
+        }
+        Ok(true)
+    }
+
+    /// The members of one object at trie node `node`.
+    fn object(&self, scanner: &mut Scanner<'_>, node: usize, state: &mut RowState) -> Scan<()> {
+        let plan = &self.nodes[node];
+        if !scanner.open(b'{', b'}')? {
+            return Ok(());
+        }
+        let mut seen = 0u64;
+        let mut position = 0;
+        loop {
+            let key = scanner.key()?;
+            let found = cached_lookup(plan, &mut state.keys[node], position, scanner.bytes(), key);
+            position += 1;
+            match found {
+                Lookup::Skip => scanner.skip_value(MAX_DEPTH)?,
+                Lookup::Bail => return Err(Bail),
+                Lookup::Member(i) => {
+                    let member = &plan.members[i];
+                    let repeated =
+                        !matches!(member.mode, MatchMode::Choice { .. }) && seen & (1 << i) != 0;
+                    seen |= 1 << i;
+                    match &member.target {
+                        _ if repeated => scanner.skip_value(MAX_DEPTH)?,
+                        Target::Node(child) => self.node_value(scanner, *child, state)?,
+                        Target::Leaves(leaves) => self.leaves_value(scanner, leaves, state)?,
+                    }
+                }
+            }
+            if !scanner.next_or_close(b'}')? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A member value the trie goes into: an object, an array of objects, or null.
+    fn node_value(&self, scanner: &mut Scanner<'_>, node: usize, state: &mut RowState) -> Scan<()> {
+        match scanner.peek()? {
+            b'{' => self.item_object(scanner, node, state),
+            b'[' => {
+                if scanner.open(b'[', b']')? {
+                    loop {
+                        match scanner.peek()? {
+                            b'{' => self.item_object(scanner, node, state)?,
+                            b'n' => {
+                                scanner.scalar()?;
+                            }
+                            _ => return Err(Bail),
+                        }
+                        if !scanner.next_or_close(b']')? {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            b'n' => match scanner.scalar()?.kind {
+                ScalarKind::Null => Ok(()),
+                _ => Err(Bail),
+            },
+            _ => Err(Bail),
+        }
+    }
+
+    fn item_object(
+        &self,
+        scanner: &mut Scanner<'_>,
+        node: usize,
+        state: &mut RowState,
+    ) -> Scan<()> {
+        if self.nodes[node].first_only {
+            if state.taken[node] {
+                return scanner.skip_value(MAX_DEPTH);
+            }
+            state.taken[node] = true;
+        }
+        self.object(scanner, node, state)
+    }
+
+    /// A member value read into slots.
+    fn leaves_value(
+        &self,
+        scanner: &mut Scanner<'_>,
+        leaves: &[Leaf],
+        state: &mut RowState,
+    ) -> Scan<()> {
+        let items = leaves.iter().any(|leaf| matches!(leaf, Leaf::Item(_)));
+        match scanner.peek()? {
+            // An object read as a value (its JSON text, in the general path), or one only the
+            // raw leaves see (they ignore anything but a string).
+            b'{' if items => Err(Bail),
+            b'{' => scanner.skip_value(MAX_DEPTH),
+            b'[' if items => {
+                if scanner.open(b'[', b']')? {
+                    loop {
+                        let item = match scanner.peek()? {
+                            b'{' | b'[' => return Err(Bail),
+                            _ => scanner.scalar()?,
+                        };
+                        if item.kind != ScalarKind::Null {
+                            for leaf in leaves {
+                                if let Leaf::Item(slot) = leaf {
+                                    self.hit(state, *slot, item)?;
+                                }
+                            }
+                        }
+                        if !scanner.next_or_close(b']')? {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            b'[' => scanner.skip_value(MAX_DEPTH),
+            _ => {
+                let value = scanner.scalar()?;
+                if value.kind == ScalarKind::Null {
+                    return Ok(());
+                }
+                for leaf in leaves {
+                    self.leaf(state, leaf, value, scanner)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn leaf(
+        &self,
+        state: &mut RowState,
+        leaf: &Leaf,
+        value: Scalar,
+        scanner: &Scanner<'_>,
+    ) -> Scan<()> {
+        let string = match value.kind {
+            ScalarKind::Str => Some(value),
+            ScalarKind::EscapedStr => return Err(Bail),
+            _ => None,
+        };
+        match leaf {
+            Leaf::Item(slot) => self.hit(state, *slot, value),
+            Leaf::StrOnly(slot) => match string {
+                Some(s) => self.hit(state, *slot, s),
+                None => Ok(()),
+            },
+            Leaf::Id => {
+                state.id = string;
+                Ok(())
+            }
+            Leaf::ResourceType => {
+                state.resource_type = string;
+                Ok(())
+            }
+            Leaf::ReferenceKey { slot, wanted } => {
+                let Some(s) = string else {
+                    return Ok(());
+                };
+                let text = scanner.text();
+                let reference = text.get(s.start as usize..s.end as usize).ok_or(Bail)?;
+                let Some((ty, id)) = reference_parts(reference) else {
+                    return Ok(());
+                };
+                if wanted.as_deref().is_some_and(|w| ty != Some(w)) {
+                    return Ok(());
+                }
+                let start = id.as_ptr() as usize - text.as_ptr() as usize;
+                let key = Scalar {
+                    kind: ScalarKind::Str,
+                    start: u32::try_from(start).map_err(|_| Bail)?,
+                    end: u32::try_from(start + id.len()).map_err(|_| Bail)?,
+                };
+                self.hit(state, *slot, key)
+            }
+        }
+    }
+
+    #[inline]
+    fn hit(&self, state: &mut RowState, slot: usize, value: Scalar) -> Scan<()> {
+        if value.kind == ScalarKind::EscapedStr {
+            return Err(Bail);
+        }
+        match (&state.slots[slot], self.slot_modes[slot]) {
+            (None, _) => {
+                state.slots[slot] = Some(value);
+                Ok(())
+            }
+            (Some(_), SlotMode::First) => Ok(()),
+            (Some(_), SlotMode::Single) => Err(Bail),
+        }
+    }
+}
+
+/// [`PlanNode::lookup`] through the node's key cache.
+#[inline]
+fn cached_lookup(
+    plan: &PlanNode,
+    cache: &mut Vec<CachedKey>,
+    position: usize,
+    text: &[u8],
+    key: Key,
+) -> Lookup {
+    if key.len > CACHED_KEY_MAX {
+        return plan.lookup(text, key);
+    }
+    let word = |k: usize| key_word(text, key.start + 8 * k, key.len.saturating_sub(8 * k));
+    // Word by word, and only as many as the key has (an array compare of words just stored
+    // stalls on store forwarding).
+    if let Some(cached) = cache.get(position)
+        && cached.len == key.len
+        && cached.words[0] == word(0)
+        && (key.len <= 8 || cached.words[1] == word(1))
+        && (key.len <= 16 || cached.words[2] == word(2))
+    {
+        return cached.found;
+    }
+    let words = [word(0), word(1), word(2)];
+    let found = plan.lookup(text, key);
+    if position < CACHED_KEYS {
+        if cache.len() <= position {
+            cache.resize(
+                position + 1,
+                CachedKey {
+                    len: usize::MAX,
+                    words: [0; 3],
+                    found: Lookup::Skip,
+                },
+            );
+        }
+        cache[position] = CachedKey {
+            len: key.len,
+            words,
+            found,
+        };
+    }
+    found
+}
+
+/// A scalar as a value of a column kind, exactly as the general path appends it, or bail.
+fn convert(kind: ColumnKind, scalar: Scalar, text: &str) -> Scan<Value> {
+    let range = scalar.start as usize..scalar.end as usize;
+    let raw = text.get(range).ok_or(Bail)?;
+    Ok(match (kind, scalar.kind) {
+        (ColumnKind::Utf8, ScalarKind::Str) => Value::Str(scalar.start, scalar.end),
+        // `-0` is an integer zero to the tape parser; leave the sign question to it.
+        (ColumnKind::Float64, ScalarKind::Num { int: true }) if raw != "-0" => {
+            Value::F64(raw.parse::<i64>().map_err(|_| Bail)? as f64)
+        }
+        (ColumnKind::Float64, ScalarKind::Num { int: false }) => {
+            Value::F64(raw.parse::<f64>().map_err(|_| Bail)?)
+        }
+        (ColumnKind::Int64, ScalarKind::Num { int: true }) => {
+            Value::I64(raw.parse::<i64>().map_err(|_| Bail)?)
+        }
+        (ColumnKind::Boolean, ScalarKind::True) => Value::Bool(true),
+        (ColumnKind::Boolean, ScalarKind::False) => Value::Bool(false),
+        _ => return Err(Bail),
+    })
+}
+
+/// The columns of `select` and its nested plain selects by slot; `None` when a select iterates
+/// or has a unionAll.
+fn collect_columns<'v>(select: &'v SelectNode, out: &mut [Option<&'v ColumnExpr>]) -> Option<()> {
+    if !matches!(select.iteration, Iteration::None) || !select.union_all.is_empty() {
+        return None;
+    }
+    for column in &select.columns {
+        *out.get_mut(column.slot)? = Some(column);
+    }
+    for nested in &select.selects {
+        collect_columns(nested, out)?;
+    }
+    Some(())
+}
+
+/// Consumes the `first()` steps at `*i`; how many.
+fn count_firsts(steps: &[Step], i: &mut usize) -> usize {
+    let from = *i;
+    while let Some(Step::First) = steps.get(*i) {
+        *i += 1;
+    }
+    *i - from
+}
+
+/// `First` when `steps` are only `first()` steps (at least one), `Single` when empty.
+fn first_steps_only(steps: &[Step]) -> Option<SlotMode> {
+    let mut i = 0;
+    let firsts = count_firsts(steps, &mut i);
+    (i == steps.len()).then_some(if firsts > 0 {
+        SlotMode::First
+    } else {
+        SlotMode::Single
+    })
+}
+
+/// The key suffix of choice type `ty` (`Quantity`, `dateTime` -> `DateTime`), when it is one.
+fn choice_suffix(ty: &str) -> Option<String> {
+    let mut chars = ty.chars();
+    let suffix: String = chars.next()?.to_uppercase().chain(chars).collect();
+    is_choice_type(&suffix).then_some(suffix)
+}
+
+fn merge_modes(a: MatchMode, b: MatchMode) -> Option<MatchMode> {
+    match (a, b) {
+        _ if a == b => Some(a),
+        (MatchMode::Plain, MatchMode::Raw) | (MatchMode::Raw, MatchMode::Plain) => {
+            Some(MatchMode::Plain)
+        }
+        _ => None,
+    }
+}
