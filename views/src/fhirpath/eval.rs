@@ -792,6 +792,44 @@ pub(crate) fn resource_key(json: Json<'_>) -> Option<Item<'_>> {
         .map(|id| Item::Node(id, None))
 }
 
+/// The position of the only `/` of `bytes` when it has exactly one and no `?` or `#`. Eight bytes
+/// at a time: references are read for every row of most views.
+fn single_slash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // The high bit of each zero byte of `x`, exactly (no borrow between bytes).
+    let zeros = |x: u64| !(((x & LOW7) + LOW7) | x | LOW7);
+    let mut slash = None;
+    let mut from = 0;
+    while from < bytes.len() {
+        let end = (from + 8).min(bytes.len());
+        let word = match bytes.get(from..from + 8).map(<[u8; 8]>::try_from) {
+            Some(Ok(chunk)) => u64::from_le_bytes(chunk),
+            _ => {
+                // The tail, zero-padded (zeros are none of the bytes looked for).
+                let mut tail = [0u8; 8];
+                for (t, b) in tail.iter_mut().zip(&bytes[from..end]) {
+                    *t = *b;
+                }
+                u64::from_le_bytes(tail)
+            }
+        };
+        let slashes = zeros(word ^ (ONES * u64::from(b'/')));
+        let stops = zeros(word ^ (ONES * u64::from(b'?'))) | zeros(word ^ (ONES * u64::from(b'#')));
+        if stops != 0 {
+            return None;
+        }
+        if slashes != 0 {
+            if slash.is_some() || slashes.count_ones() > 1 {
+                return None;
+            }
+            slash = Some(from + (slashes.trailing_zeros() / 8) as usize);
+        }
+        from = end;
+    }
+    slash
+}
+
 /// Splits a reference into type and id: `Type/id`, `http://x/Type/id`, `Type/id/_history/1`,
 /// `urn:uuid:id` (no type).
 pub fn reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
@@ -806,28 +844,21 @@ pub fn reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
     }
     // The common `Type/id` in one scan (one `/`, no `?` or `#`, a type starting upper case); the
     // general split below gives the same answer for it.
-    let bytes = reference.as_bytes();
-    if bytes.first().is_some_and(u8::is_ascii_uppercase) {
-        let mut slash = None;
-        let mut simple = true;
-        for (i, b) in bytes.iter().enumerate() {
-            match b {
-                b'/' if slash.is_none() => slash = Some(i),
-                b'/' | b'?' | b'#' => {
-                    simple = false;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        if simple
-            && let Some(at) = slash
-            && let (Some(ty), Some(id)) = (reference.get(..at), reference.get(at + 1..))
-            && !id.is_empty()
-        {
-            return Some((Some(ty), id));
-        }
+    if reference
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_uppercase)
+        && let Some(at) = single_slash(reference.as_bytes())
+        && let (Some(ty), Some(id)) = (reference.get(..at), reference.get(at + 1..))
+        && !id.is_empty()
+    {
+        return Some((Some(ty), id));
     }
+    general_reference_parts(reference)
+}
+
+/// [`reference_parts`] after its prefixes, without the one-scan `Type/id` path.
+fn general_reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
     let path = reference.split(['?', '#']).next().unwrap_or(reference);
     // Segments from the end, empty ones skipped: `[.., ty, id]` or `[.., ty, id, _history, v]`.
     let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
@@ -1295,5 +1326,28 @@ mod tests {
             Some((Some("Patient"), "1"))
         );
         assert_eq!(reference_parts("_history/2"), None);
+    }
+
+    proptest::proptest! {
+        /// The eight-bytes-at-a-time `Type/id` path answers as the general split does.
+        #[test]
+        fn one_scan_references_equal_the_general_split(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "Patient", "/", "?", "#", "a", "1", "_history", "http:", "x", "é", "Encounter",
+                    "0123456789abcdef",
+                ]),
+                0..10,
+            )
+        ) {
+            let reference: String = parts.concat();
+            if !reference.starts_with("urn:") && !reference.starts_with('#') {
+                proptest::prop_assert_eq!(
+                    reference_parts(&reference),
+                    general_reference_parts(&reference),
+                    "{}", reference
+                );
+            }
+        }
     }
 }

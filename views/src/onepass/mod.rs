@@ -179,7 +179,7 @@ enum ColumnSource {
 /// A flat view compiled to a trie of member names over the resource text.
 #[derive(Debug, Clone)]
 pub(crate) struct OnePassPlan {
-    resource: String,
+    resource: Name,
     nodes: Vec<PlanNode>,
     slot_modes: Vec<SlotMode>,
     columns: Vec<(ColumnSource, ColumnKind)>,
@@ -238,7 +238,7 @@ impl OnePassPlan {
         let mut columns: Vec<Option<&ColumnExpr>> = vec![None; specs.len()];
         collect_columns(root, &mut columns)?;
         let mut plan = Self {
-            resource: resource.to_string(),
+            resource: Name::new(resource),
             nodes: vec![PlanNode::new(false)],
             slot_modes: Vec::new(),
             columns: Vec::with_capacity(specs.len()),
@@ -437,10 +437,14 @@ impl OnePassPlan {
         if !scanner.at_end() {
             return Err(Bail);
         }
-        let resource_type = state
-            .resource_type
-            .and_then(|s| text.get(s.start as usize..s.end as usize));
-        if resource_type != Some(self.resource.as_str()) {
+        let of_the_view = state.resource_type.is_some_and(|s| {
+            let key = Key {
+                start: s.start as usize,
+                len: (s.end - s.start) as usize,
+            };
+            self.resource.is(text.as_bytes(), key)
+        });
+        if !of_the_view {
             return Ok(false);
         }
         state.values.clear();

@@ -238,7 +238,7 @@ impl<'t> Scanner<'t> {
     }
 
     /// An object key without escapes, then the `:` and whitespace.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn key(&mut self) -> Scan<Key> {
         let (start, end, escaped) = self.string()?;
         if escaped {
@@ -259,7 +259,7 @@ impl<'t> Scanner<'t> {
     }
 
     /// A string (at its opening quote): content offsets and whether it has escapes.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Scan<(usize, usize, bool)> {
         self.expect(b'"')?;
         let bytes = self.bytes;
@@ -359,7 +359,7 @@ impl<'t> Scanner<'t> {
     }
 
     /// A scalar value (bails on an object or array).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn scalar(&mut self) -> Scan<Scalar> {
         let (kind, start, end) = match self.peek()? {
             b'"' => {
