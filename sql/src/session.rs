@@ -114,6 +114,15 @@ impl LakeSession {
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true);
         let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+        // DataFusion 55's leaf-expression extraction breaks joins whose keys apply a function to
+        // `json_get_str(...)` ("Schema error: No field named ... __datafusion_extracted_1",
+        // apache/datafusion#22895, fixed upstream after 55). It only helps struct field access
+        // prune columns; JSON paths into the `resource` text column gain nothing from it. Put
+        // the rules back when the workspace moves to a DataFusion with the fix
+        // (tests/slt/joins.slt has the query).
+        for rule in ["extract_leaf_expressions", "push_down_leaf_projections"] {
+            ctx.remove_optimizer_rule(rule);
+        }
         // JSON access into `raw.*.resource` (json_get_str, json_get_int, `->`, `->>` ...).
         datafusion_functions_json::register_all(&mut ctx)?;
         crate::functions::register_all(&ctx);

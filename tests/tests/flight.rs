@@ -450,6 +450,34 @@ fn rust_client_covers_the_rpcs() {
             female,
             expected.iter().find(|(g, _)| g == "female").unwrap().1
         );
+        // A bound parameter is a constant to fhir_code_in (its codes must be constants).
+        let mut prepared_codes = client
+            .prepare(
+                "SELECT count(*) FROM condition WHERE fhir_code_in(code_system, code, 'snomed', ?)"
+                    .into(),
+                None,
+            )
+            .await
+            .unwrap();
+        let param = RecordBatch::try_from_iter([(
+            "$1",
+            std::sync::Arc::new(arrow::array::StringArray::from(vec!["44054006"])) as _,
+        )])
+        .unwrap();
+        prepared_codes.set_parameters(param).unwrap();
+        let info = prepared_codes.execute().await.unwrap();
+        let by_code_in = single_i64(&fetch(&mut client, info).await.unwrap());
+        let by_equality = single_i64(
+            &query(
+                &mut client,
+                "SELECT count(*) FROM condition WHERE code = '44054006'",
+            )
+            .await
+            .unwrap(),
+        );
+        assert!(by_equality > 0);
+        assert_eq!(by_code_in, by_equality);
+        prepared_codes.close().await.unwrap();
         // Prepared statements belong to their session: another login cannot use the handle.
         let mut other = login(&server, "researcher").await;
         let stolen = prepared_handle_probe(&mut other).await;

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
 use super::text_argument;
@@ -106,6 +107,34 @@ impl ScalarUDFImpl for FhirCodeIn {
             .enumerate()
             .map(|(i, t)| text_argument(self.name(), i + 1, t))
             .collect()
+    }
+
+    /// Rejects a code system or code that is not a constant at planning time. The check in
+    /// `invoke_with_args` alone is not enough: a column whose values are all equal can reach the
+    /// function as a scalar (DataFusion knows it from the file statistics), so
+    /// `fhir_code_in(code_system, code, code_system, ...)` ran on a real lake. Constant
+    /// sub-expressions are folded before this is called, and placeholders of prepared statements
+    /// are bound to literals before the optimizer runs.
+    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        // A placeholder may come wrapped in the cast type coercion put around it.
+        fn constant(expr: &Expr) -> bool {
+            match expr {
+                Expr::Literal(..) | Expr::Placeholder(_) => true,
+                Expr::Cast(cast) => constant(&cast.expr),
+                Expr::TryCast(cast) => constant(&cast.expr),
+                _ => false,
+            }
+        }
+        for (i, arg) in args.iter().enumerate().skip(2) {
+            if !constant(arg) {
+                return plan_err!(
+                    "fhir_code_in: argument {} must be a constant (the code system and the codes \
+                     are literals, e.g. fhir_code_in(code_system, code, 'snomed', '44054006'))",
+                    i + 1
+                );
+            }
+        }
+        Ok(ExprSimplifyResult::Original(args))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
