@@ -1,9 +1,12 @@
 //! `fhirlake sql` without a query reads statements from stdin when it is not a terminal: a
 //! multi-statement script with dot commands, errors that do not stop the rest, the exit status.
+//! `fhirlake user add` on a terminal asks for the password twice without echoing it.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use fhirlake_tests::*;
 
@@ -135,4 +138,93 @@ fn clean_script_exits_zero_and_unterminated_last_statement_runs() {
     let output = shell(dir.path(), &["--format", "parquet"], "SELECT 1;\n");
     assert_code(&output, 2);
     assert!(text(&output.stderr).contains("parquet"));
+}
+
+/// Runs `fhirlake user add alice` on a pseudo-terminal (util-linux `script`), typing `first` and
+/// `second` at the two prompts as they appear; what the terminal showed and the exit status.
+fn user_add_on_a_terminal(dir: &Path, first: &str, second: &str) -> (String, i32) {
+    let bin = fhirlake(dir).get_program().to_owned();
+    let command = format!(
+        "{} user add alice --role researcher --users users.toml",
+        Path::new(&bin).display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-qfec", &command, "/dev/null"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FHIRLAKE_") {
+            script.env_remove(key);
+        }
+    }
+    let mut child = script.spawn().expect("util-linux `script` runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (chunks, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if chunks.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut shown = String::new();
+    let wait_for = |needle: &str, shown: &mut String| {
+        while !shown.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(chunk) => shown.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => panic!("no `{needle}` prompt; the terminal showed: {shown:?}"),
+            }
+        }
+        // The prompt is printed before echo is turned off: type as a person would, a moment
+        // after it appears (typed sooner, the terminal would echo it before rpassword reads).
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    wait_for("password: ", &mut shown);
+    stdin.write_all(format!("{first}\n").as_bytes()).unwrap();
+    wait_for("password again: ", &mut shown);
+    stdin.write_all(format!("{second}\n").as_bytes()).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`fhirlake user add` did not finish; the terminal showed: {shown:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    while let Ok(chunk) = received.recv_timeout(Duration::from_secs(2)) {
+        shown.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    (shown, status.code().unwrap_or(-1))
+}
+
+#[test]
+fn user_add_asks_twice_on_a_terminal_without_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "correct-horse-battery";
+    let (shown, status) = user_add_on_a_terminal(dir.path(), password, password);
+    assert_eq!(status, 0, "{shown}");
+    assert!(
+        !shown.contains(password),
+        "the password was echoed: {shown:?}"
+    );
+    assert!(shown.contains("user alice (researcher) saved"), "{shown}");
+    let file = std::fs::read_to_string(dir.path().join("users.toml")).unwrap();
+    assert!(file.contains("$argon2id$") && !file.contains(password));
+
+    // Two different answers: nothing is saved.
+    let other = tempfile::tempdir().unwrap();
+    let (shown, status) = user_add_on_a_terminal(other.path(), password, "correct-horse-batterz");
+    assert_ne!(status, 0, "{shown}");
+    assert!(shown.contains("differ"), "{shown}");
+    assert!(!other.path().join("users.toml").exists());
 }

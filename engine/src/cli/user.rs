@@ -1,7 +1,8 @@
 //! `fhirlake user add|list|remove`: the Flight SQL server's user file.
 //!
-//! Passwords are read from `FHIRLAKE_PASSWORD` or the first line of stdin (never a flag, which
-//! would end up in shell history and `ps`), and stored only as argon2id hashes.
+//! Passwords are read from `FHIRLAKE_PASSWORD`, a hidden prompt (twice) on a terminal, or the first
+//! line of piped stdin (never a flag, which would end up in shell history and `ps`), and stored
+//! only as argon2id hashes.
 
 use std::io::BufRead as _;
 use std::path::PathBuf;
@@ -15,8 +16,8 @@ use fhirlake_sql::flight::UserFile;
 /// `fhirlake user` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Add a user (or change its role and password). The password comes from FHIRLAKE_PASSWORD or
-    /// the first line of stdin.
+    /// Add a user (or change its role and password). The password comes from FHIRLAKE_PASSWORD, a
+    /// hidden prompt on a terminal, or the first line of piped stdin.
     Add(AddArgs),
     /// List users and roles.
     List(FileArgs),
@@ -69,7 +70,15 @@ fn read_password() -> anyhow::Result<String> {
         return Ok(password);
     }
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        eprint!("password (input is shown; pipe it or set FHIRLAKE_PASSWORD to hide it): ");
+        // On a terminal: asked twice, not echoed (rpassword reads the terminal with echo off).
+        let password = rpassword::prompt_password("password: ")
+            .context("reading the password from the terminal")?;
+        let again = rpassword::prompt_password("password again: ")
+            .context("reading the password from the terminal")?;
+        if password != again {
+            bail!("the two passwords differ; nothing was saved");
+        }
+        return Ok(password);
     }
     let mut line = String::new();
     std::io::stdin()
