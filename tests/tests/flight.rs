@@ -358,6 +358,36 @@ fn rust_client_covers_the_rpcs() {
             ["fhirlake"]
         );
 
+        // XdbcTypeInfo: what JDBC's getTypeInfo (DBeaver) reads; all types, or one by data type.
+        let info = client
+            .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })
+            .await
+            .unwrap();
+        let types = fetch(&mut client, info).await.unwrap();
+        assert_eq!(
+            strings(&types, "type_name"),
+            [
+                "BOOLEAN",
+                "BIGINT",
+                "INTEGER",
+                "DOUBLE",
+                "VARCHAR",
+                "DATE",
+                "TIME",
+                "TIMESTAMP"
+            ]
+        );
+        let info = client
+            .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo {
+                data_type: Some(arrow_flight::sql::XdbcDataType::XdbcVarchar as i32),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            strings(&fetch(&mut client, info).await.unwrap(), "type_name"),
+            ["VARCHAR"]
+        );
+
         let info = client
             .get_db_schemas(CommandGetDbSchemas::default())
             .await

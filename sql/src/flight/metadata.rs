@@ -1,12 +1,15 @@
-//! What GetSqlInfo answers, and the result schemas of the key RPCs (which arrow-flight has no
-//! builder for). fhirlake tables have no primary or foreign keys, so those results are empty,
+//! What GetSqlInfo and GetXdbcTypeInfo answer, and the result schemas of the key RPCs (which
+//! arrow-flight has no builder for). fhirlake tables have no primary or foreign keys, so those results are empty,
 //! but their schemas must match the Flight SQL spec exactly (clients check nullability).
 
 use std::sync::Arc;
 
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::metadata::{
+    SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+};
 use arrow_flight::sql::{
-    SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity, SqlSupportedTransaction,
+    Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity,
+    SqlSupportedTransaction, XdbcDataType, XdbcDatetimeSubcode,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -62,6 +65,103 @@ pub fn sql_info() -> Result<SqlInfoData> {
     b.append(SqlInfo::SqlTransactionsSupported, false);
     b.build()
         .map_err(|e| crate::Error::Server(format!("building SqlInfo: {e}")))
+}
+
+/// The SQL types fhirlake's tables and views use (what JDBC / ODBC clients such as DBeaver list
+/// and map columns with), ordered by data type as `getTypeInfo` expects.
+pub fn xdbc_type_info() -> Result<XdbcTypeInfoData> {
+    struct Type {
+        name: &'static str,
+        data_type: XdbcDataType,
+        column_size: Option<i32>,
+        quoted: bool,
+        radix: Option<i32>,
+        subcode: Option<XdbcDatetimeSubcode>,
+    }
+    let number = |name, data_type, bits| Type {
+        name,
+        data_type,
+        column_size: Some(bits),
+        quoted: false,
+        radix: Some(2),
+        subcode: None,
+    };
+    let temporal = |name, data_type, size, subcode| Type {
+        name,
+        data_type,
+        column_size: Some(size),
+        quoted: true,
+        radix: None,
+        subcode: Some(subcode),
+    };
+    let types = [
+        Type {
+            name: "BOOLEAN",
+            data_type: XdbcDataType::XdbcBit,
+            column_size: Some(1),
+            quoted: false,
+            radix: None,
+            subcode: None,
+        },
+        number("BIGINT", XdbcDataType::XdbcBigint, 64),
+        number("INTEGER", XdbcDataType::XdbcInteger, 32),
+        number("DOUBLE", XdbcDataType::XdbcDouble, 53),
+        Type {
+            name: "VARCHAR",
+            data_type: XdbcDataType::XdbcVarchar,
+            column_size: Some(i32::MAX),
+            quoted: true,
+            radix: None,
+            subcode: None,
+        },
+        // XDBC_SUBCODE_DATE is an alias of XDBC_SUBCODE_YEAR (1) in the protocol.
+        temporal(
+            "DATE",
+            XdbcDataType::XdbcDate,
+            10,
+            XdbcDatetimeSubcode::XdbcSubcodeYear,
+        ),
+        temporal(
+            "TIME",
+            XdbcDataType::XdbcTime,
+            15,
+            XdbcDatetimeSubcode::XdbcSubcodeTime,
+        ),
+        temporal(
+            "TIMESTAMP",
+            XdbcDataType::XdbcTimestamp,
+            32,
+            XdbcDatetimeSubcode::XdbcSubcodeTimestamp,
+        ),
+    ];
+    let mut builder = XdbcTypeInfoDataBuilder::new();
+    for ty in types {
+        let quote = ty.quoted.then(|| "'".to_string());
+        builder.append(XdbcTypeInfo {
+            type_name: ty.name.into(),
+            data_type: ty.data_type,
+            column_size: ty.column_size,
+            literal_prefix: quote.clone(),
+            literal_suffix: quote,
+            create_params: None,
+            nullable: Nullable::NullabilityNullable,
+            case_sensitive: ty.name == "VARCHAR",
+            searchable: Searchable::Full,
+            unsigned_attribute: ty.radix.map(|_| false),
+            fixed_prec_scale: false,
+            auto_increment: ty.radix.map(|_| false),
+            local_type_name: Some(ty.name.into()),
+            minimum_scale: None,
+            maximum_scale: None,
+            sql_data_type: ty.data_type,
+            datetime_subcode: ty.subcode,
+            num_prec_radix: ty.radix,
+            interval_precision: None,
+        });
+    }
+    builder
+        .build()
+        .map_err(|e| crate::Error::Server(format!("building XdbcTypeInfo: {e}")))
 }
 
 /// Schema of CommandGetPrimaryKeys results.

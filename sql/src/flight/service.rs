@@ -15,16 +15,16 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{
-    GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder, SqlInfoData,
+    GetCatalogsBuilder, GetDbSchemasBuilder, GetTablesBuilder, SqlInfoData, XdbcTypeInfoData,
 };
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
     CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, ActionType, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
@@ -46,7 +46,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::ServerLimits;
 use super::audit::{AuditEvent, AuditLog};
 use super::auth::{Prepared, Sessions, TokenError, UserFile};
-use super::metadata::{empty, foreign_keys_schema, primary_keys_schema, sql_info};
+use super::metadata::{empty, foreign_keys_schema, primary_keys_schema, sql_info, xdbc_type_info};
 use super::session_options::{
     CLOSE_SESSION, CloseSessionResult, CloseSessionStatus, ErrorValue, GET_SESSION_OPTIONS,
     GetSessionOptionsResult, OptionValue, SET_SESSION_OPTIONS, SessionOptionValue,
@@ -76,6 +76,7 @@ struct Inner {
     limits: ServerLimits,
     running: Arc<Semaphore>,
     sql_info: SqlInfoData,
+    xdbc_types: XdbcTypeInfoData,
 }
 
 impl std::fmt::Debug for FlightSqlServer {
@@ -110,6 +111,7 @@ impl FlightSqlServer {
                 running: Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1))),
                 limits,
                 sql_info: sql_info()?,
+                xdbc_types: xdbc_type_info()?,
             }),
         })
     }
@@ -894,6 +896,31 @@ impl FlightSqlService for FlightSqlServer {
         let start = Instant::now();
         let batch = query.into_builder(&self.inner.sql_info).build();
         self.metadata_batch(&authed, "GetSqlInfo", start, batch)
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let schema = query.into_builder(&self.inner.xdbc_types).schema();
+        Self::flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let authed = self.authenticate(&request)?;
+        let start = Instant::now();
+        let batch = query.into_builder(&self.inner.xdbc_types).build();
+        self.metadata_batch(&authed, "GetXdbcTypeInfo", start, batch)
     }
 
     async fn get_flight_info_primary_keys(
