@@ -5,12 +5,13 @@
 //! `forEachOrNull`, `repeat` or `unionAll`), and every column is a single-valued text, decimal,
 //! integer or boolean column whose path compiled to a [`PathPlan`] of member steps, `ofType` on
 //! a choice element, `first()`, `getResourceKey()`, `getReferenceKey([T])` and
-//! `(a | b | ...).first()`. That is most built-in views, `observation` included.
+//! `(a | b | ...).first()`. Six of the eleven built-in views qualify, `observation` included.
 //!
 //! Compiling merges the columns' paths into a trie of member names ([`PlanNode`]): shared
 //! prefixes such as `code.coding.first()` are read once. The scanner walks the text once; in an
-//! object of the trie it compares each key with that node's members (first-byte filter) and skips
-//! every other value without looking inside it more than validation needs. Values land in
+//! object of the trie it matches each key against that node's members (a cache of the previous
+//! object's key order first, then a first-byte filter) and skips every other value without
+//! looking inside it more than validation needs. Values land in
 //! per-row slots; the row is converted and appended only when the whole text has been read.
 //!
 //! The one-pass result must be exactly the general path's (simd-json tape + [`PathPlan`] walk).
