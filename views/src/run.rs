@@ -621,25 +621,24 @@ impl ViewBatchBuilder {
         text: &str,
         parser: &mut JsonParser,
     ) -> Result<Result<usize, RowError>, ParseError> {
-        if let Some(plan) = &self.view.one_pass {
-            match plan.row(text, &mut self.one_pass) {
-                Ok(false) => {
-                    self.text_paths.one_pass += 1;
-                    return Ok(Ok(0));
+        if let Some(plan) = &self.view.one_pass
+            && let Ok(rows) = plan.row(text, &mut self.one_pass)
+        {
+            self.text_paths.one_pass += 1;
+            let width = self.columns.len();
+            for row in self.one_pass.values.chunks(width.max(1)).take(rows) {
+                for (builder, value) in self.columns.iter_mut().zip(row) {
+                    builder.append_value(*value, text);
                 }
-                Ok(true) => {
-                    self.text_paths.one_pass += 1;
-                    for (builder, value) in self.columns.iter_mut().zip(&self.one_pass.values) {
-                        builder.append_value(*value, text);
-                    }
-                    if let Some(ids) = &mut self.resource_ids {
-                        ids.append_value(self.one_pass.id(text));
-                    }
-                    self.rows += 1;
-                    return Ok(Ok(1));
-                }
-                Err(_) => {}
             }
+            if let Some(ids) = &mut self.resource_ids {
+                let id = self.one_pass.id(text);
+                for _ in 0..rows {
+                    ids.append_value(id);
+                }
+            }
+            self.rows += rows;
+            return Ok(Ok(rows));
         }
         self.text_paths.general += 1;
         parser.parse(text, |json| self.append(json))

@@ -163,6 +163,7 @@ fn builtin_views_read_the_same_in_one_pass_on_synthea() {
     eprintln!("built-in views read in one pass: {one_pass_views:?}");
     for expected in [
         "observation",
+        "observation_component",
         "condition",
         "encounter",
         "procedure",
@@ -269,7 +270,28 @@ fn member() -> impl Strategy<Value = String> {
         (scalar_value(), coding())
             .prop_map(|(v, c)| format!(r#""note":[{{"text":{v},"x":[[{c}],{{}}]}}]"#)),
         string_value().prop_map(|v| format!(r#""st\"atus":{v}"#)),
+        prop::collection::vec(component(), 0..4)
+            .prop_map(|items| format!(r#""component":[{}]"#, items.join(","))),
+        component().prop_map(|item| format!(r#""component":{item}"#)),
     ]
+}
+
+/// A `component` item: code and value as Synthea writes them, or a shape to bail on.
+fn component() -> impl Strategy<Value = String> {
+    (
+        codeable_concept(),
+        number_value(),
+        scalar_value(),
+        0..6usize,
+    )
+        .prop_map(|(code, value, unit, shape)| match shape {
+            0..=2 => {
+                format!(r#"{{"code":{code},"valueQuantity":{{"value":{value},"unit":{unit}}}}}"#)
+            }
+            3 => format!(r#"{{"code":{code},"valueCodeableConcept":{code}}}"#),
+            4 => "null".to_string(),
+            _ => unit,
+        })
 }
 
 fn resource_text() -> impl Strategy<Value = String> {
@@ -345,6 +367,27 @@ fn generated_texts_take_both_paths() {
     );
     assert!(compared.paths.one_pass >= 200 && compared.paths.general >= 200);
     assert!(rows >= 200 && errors >= 50 && not_json >= 50);
+
+    // The same texts through the `forEach` view: rows per component, none without.
+    let components = Arc::new(
+        CompiledView::from_json_text(builtin_view_text("observation_component").expect("built-in"))
+            .expect("compiles"),
+    );
+    let compared = compare(&components, &texts);
+    assert_same("generated, observation_component", &compared);
+    let with_rows = |pick: fn(usize) -> bool| {
+        compared
+            .outcomes
+            .iter()
+            .filter(|(a, _)| matches!(a, Outcome::Rows(n) if pick(*n)))
+            .count()
+    };
+    let (none, several) = (with_rows(|n| n == 0), with_rows(|n| n > 1));
+    eprintln!(
+        "observation_component: {:?}; no rows {none}, several rows {several}",
+        compared.paths
+    );
+    assert!(compared.paths.one_pass >= 200 && none >= 100 && several >= 50);
 }
 
 proptest! {
@@ -354,15 +397,17 @@ proptest! {
     fn generated_observations_read_the_same_in_one_pass(
         texts in prop::collection::vec(resource_text(), 1..6)
     ) {
-        let view = Arc::new(
-            CompiledView::from_json_text(builtin_view_text("observation").expect("built-in"))
-                .expect("compiles"),
-        );
-        prop_assert!(view.reads_text_in_one_pass());
-        let compared = compare(&view, &texts);
-        for (i, (one_pass, general)) in compared.outcomes.iter().enumerate() {
-            prop_assert_eq!(one_pass, general, "text {}: {}", i, &texts[i]);
+        for name in ["observation", "observation_component"] {
+            let view = Arc::new(
+                CompiledView::from_json_text(builtin_view_text(name).expect("built-in"))
+                    .expect("compiles"),
+            );
+            prop_assert!(view.reads_text_in_one_pass());
+            let compared = compare(&view, &texts);
+            for (i, (one_pass, general)) in compared.outcomes.iter().enumerate() {
+                prop_assert_eq!(one_pass, general, "{} text {}: {}", name, i, &texts[i]);
+            }
+            prop_assert_eq!(compared.one_pass, compared.general, "{}", name);
         }
-        prop_assert_eq!(compared.one_pass, compared.general);
     }
 }

@@ -1,11 +1,15 @@
 //! One pass over a resource's JSON text for flat views: the rows of a view whose columns are all
 //! plain paths are read straight from the text, without building a tree of the resource.
 //!
-//! A view qualifies when it has no `where`, every select is a plain one (no `forEach`,
-//! `forEachOrNull`, `repeat` or `unionAll`), and every column is a single-valued text, decimal,
-//! integer or boolean column whose path compiled to a [`PathPlan`] of member steps, `ofType` on
-//! a choice element, `first()`, `getResourceKey()`, `getReferenceKey([T])` and
-//! `(a | b | ...).first()`. Six of the eleven built-in views qualify, `observation` included.
+//! A view qualifies when it has no `where`, its selects are plain ones plus at most one `forEach`
+//! or `forEachOrNull` over plain member steps with no selects inside it (no `repeat`, no
+//! `unionAll`), and every column is a single-valued text, decimal, integer or boolean column whose
+//! path compiled to a [`PathPlan`] of member steps, `ofType` on a choice element, `first()`,
+//! `getResourceKey()` (outside the `forEach`), `getReferenceKey([T])` and `(a | b | ...).first()`.
+//! Seven of the eleven built-in views qualify, `observation` and `observation_component`
+//! included. A `forEach` member's items are read at a trie node of their own, with slots and
+//! `first()` flags that restart with every item; its rows are put together once the whole text has
+//! been read (the resource's own columns may come after the items).
 //!
 //! Compiling merges the columns' paths into a trie of member names ([`PlanNode`]): shared
 //! prefixes such as `code.coding.first()` are read once. The scanner walks the text once; in an
@@ -54,6 +58,9 @@ enum Target {
     Node(usize),
     /// Scalars read into slots.
     Leaves(Vec<Leaf>),
+    /// The items of a `forEach`: each object (or each object of an array) is one row's focus,
+    /// read at this trie node.
+    Items(usize),
 }
 
 /// One use of a scalar member value.
@@ -184,6 +191,19 @@ pub(crate) struct OnePassPlan {
     nodes: Vec<PlanNode>,
     slot_modes: Vec<SlotMode>,
     columns: Vec<(ColumnSource, ColumnKind)>,
+    /// The view's `forEach` / `forEachOrNull`, when it has one.
+    items: Option<ItemScope>,
+}
+
+/// Where a `forEach` select's own trie nodes and slots start: both are created after the
+/// resource's, so a number tells the scopes apart. Its `first()` flags and slots restart with
+/// every item.
+#[derive(Debug, Clone, Copy)]
+struct ItemScope {
+    first_node: usize,
+    first_slot: usize,
+    /// `forEachOrNull`: a resource without items still has one row (item columns null).
+    or_null: bool,
 }
 
 /// A converted column value; text as offsets into the resource text.
@@ -202,10 +222,13 @@ pub(crate) struct RowState {
     /// Per trie node, kept across rows (see [`CachedKey`]).
     keys: Vec<Vec<CachedKey>>,
     slots: Vec<Option<Scalar>>,
+    /// The slots of every `forEach` item read so far, one stride per item.
+    item_slots: Vec<Option<Scalar>>,
+    items: usize,
     taken: Vec<bool>,
     id: Option<Scalar>,
     resource_type: Option<Scalar>,
-    /// The row's values in column order, after [`OnePassPlan::row`] returned true.
+    /// The rows' values, row after row, each in column order (after [`OnePassPlan::row`]).
     pub values: Vec<Value>,
 }
 
@@ -237,35 +260,93 @@ impl OnePassPlan {
             return None;
         }
         let mut columns: Vec<Option<&ColumnExpr>> = vec![None; specs.len()];
-        collect_columns(root, &mut columns)?;
+        let mut for_each = None;
+        collect_columns(root, &mut columns, &mut for_each)?;
         let mut plan = Self {
             resource: Name::new(resource),
             nodes: vec![PlanNode::new(false)],
             slot_modes: Vec::new(),
             columns: Vec::with_capacity(specs.len()),
+            items: None,
         };
         plan.add_leaf(0, "resourceType", MatchMode::Raw, Leaf::ResourceType)?;
         plan.add_leaf(0, "id", MatchMode::Raw, Leaf::Id)?;
-        for (spec, column) in specs.iter().zip(columns) {
-            let column = column?;
-            let readable = matches!(
-                spec.kind,
-                ColumnKind::Utf8 | ColumnKind::Float64 | ColumnKind::Int64 | ColumnKind::Boolean
-            );
-            if column.collection || !readable {
-                return None;
+        let item_columns: Vec<usize> = for_each
+            .map(|select: &SelectNode| select.columns.iter().map(|c| c.slot).collect())
+            .unwrap_or_default();
+        let mut sources: Vec<Option<(ColumnSource, ColumnKind)>> = vec![None; specs.len()];
+        // The resource's columns first, then the items' (see `ItemScope`).
+        for item_scope in [false, true] {
+            if item_scope {
+                let Some(select) = for_each else { break };
+                plan.items = Some(plan.item_scope(select)?);
             }
-            let source = plan.column_source(column.plan.as_ref()?)?;
-            plan.columns.push((source, spec.kind));
+            for (slot, (spec, column)) in specs.iter().zip(&columns).enumerate() {
+                if item_columns.contains(&slot) != item_scope {
+                    continue;
+                }
+                let column = (*column)?;
+                let readable = matches!(
+                    spec.kind,
+                    ColumnKind::Utf8
+                        | ColumnKind::Float64
+                        | ColumnKind::Int64
+                        | ColumnKind::Boolean
+                );
+                if column.collection || !readable {
+                    return None;
+                }
+                let start = plan.items.map_or(0, |items| items.first_node);
+                let source = plan.column_source(column.plan.as_ref()?, start)?;
+                sources[slot] = Some((source, spec.kind));
+            }
         }
+        plan.columns = sources.into_iter().collect::<Option<_>>()?;
         Some(plan)
     }
 
-    fn column_source(&mut self, path: &PathPlan) -> Option<ColumnSource> {
+    /// Adds the `forEach` path of `select` to the trie, ending in a node its columns start from.
+    fn item_scope(&mut self, select: &SelectNode) -> Option<ItemScope> {
+        let (Iteration::ForEach(expr) | Iteration::ForEachOrNull(expr)) = &select.iteration else {
+            return None;
+        };
+        let path = PathPlan::compile(expr)?;
+        if !matches!(path.source, Source::Focus) {
+            return None;
+        }
+        // Plain member steps only (`component`, `contact.telecom`).
+        let edges = path
+            .steps
+            .iter()
+            .map(|step| match step {
+                Step::Member(name) if !name.is_empty() => Some(Edge {
+                    key: name.clone(),
+                    mode: MatchMode::Plain,
+                    first: false,
+                }),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let (last, path) = edges.split_last()?;
+        let parent = self.descend(0, path)?;
+        let first_node = self.nodes.len();
+        self.nodes.push(PlanNode::new(false));
+        self.add_member(parent, &last.key, last.mode, Target::Items(first_node))?;
+        Some(ItemScope {
+            first_node,
+            first_slot: self.slot_modes.len(),
+            or_null: matches!(select.iteration, Iteration::ForEachOrNull(_)),
+        })
+    }
+
+    /// Adds a column's path to the trie from node `start` (the resource, or a `forEach` item).
+    fn column_source(&mut self, path: &PathPlan, start: usize) -> Option<ColumnSource> {
         match &path.source {
             Source::Focus => self
-                .route(&path.steps, SlotMode::Single)
+                .route(start, &path.steps, SlotMode::Single)
                 .map(ColumnSource::Slot),
+            // The resource's key, read at the resource's root only.
+            Source::ResourceKey if start != 0 => None,
             Source::ResourceKey => {
                 let mode = first_steps_only(&path.steps)?;
                 let slot = self.new_slot(mode);
@@ -279,7 +360,7 @@ impl OnePassPlan {
                 let slots = branches
                     .iter()
                     .map(|branch| match branch.source {
-                        Source::Focus => self.route(&branch.steps, SlotMode::First),
+                        Source::Focus => self.route(start, &branch.steps, SlotMode::First),
                         _ => None,
                     })
                     .collect::<Option<Vec<_>>>()?;
@@ -293,8 +374,8 @@ impl OnePassPlan {
         self.slot_modes.len() - 1
     }
 
-    /// Adds the path `steps` (from the resource) to the trie; its slot.
-    fn route(&mut self, steps: &[Step], mode: SlotMode) -> Option<usize> {
+    /// Adds the path `steps` (from trie node `start`) to the trie; its slot.
+    fn route(&mut self, start: usize, steps: &[Step], mode: SlotMode) -> Option<usize> {
         let mut edges = Vec::new();
         let mut reference = None;
         let mut i = 0;
@@ -327,7 +408,7 @@ impl OnePassPlan {
         }
         match reference {
             Some((wanted, first)) => {
-                let node = self.descend(&edges)?;
+                let node = self.descend(start, &edges)?;
                 let slot = self.new_slot(if first { SlotMode::First } else { mode });
                 self.add_leaf(
                     node,
@@ -339,7 +420,7 @@ impl OnePassPlan {
             }
             None => {
                 let (last, path) = edges.split_last()?;
-                let node = self.descend(path)?;
+                let node = self.descend(start, path)?;
                 let slot = self.new_slot(if last.first { SlotMode::First } else { mode });
                 self.add_leaf(node, &last.key, last.mode, Leaf::Item(slot))?;
                 Some(slot)
@@ -347,9 +428,9 @@ impl OnePassPlan {
         }
     }
 
-    /// The node at the end of `edges` from the root, created as needed.
-    fn descend(&mut self, edges: &[Edge]) -> Option<usize> {
-        let mut node = 0;
+    /// The node at the end of `edges` from node `start`, created as needed.
+    fn descend(&mut self, start: usize, edges: &[Edge]) -> Option<usize> {
+        let mut node = start;
         for edge in edges {
             let existing = self.nodes[node]
                 .members
@@ -385,7 +466,7 @@ impl OnePassPlan {
                 member.mode = merge_modes(member.mode, mode)?;
                 match &mut member.target {
                     Target::Leaves(leaves) => leaves.push(leaf),
-                    Target::Node(_) => return None,
+                    Target::Node(_) | Target::Items(_) => return None,
                 }
                 Some(())
             }
@@ -421,11 +502,13 @@ impl OnePassPlan {
         Some(())
     }
 
-    /// Reads one resource text. `Ok(true)`: one row, in `state.values`; `Ok(false)`: no row (the
-    /// resource is of another type); `Err(Bail)`: the general path must read it.
-    pub(crate) fn row(&self, text: &str, state: &mut RowState) -> Scan<bool> {
+    /// Reads one resource text: `Ok(n)`, its `n` rows in `state.values` (none when the resource is
+    /// of another type, or has no `forEach` items); `Err(Bail)`: the general path must read it.
+    pub(crate) fn row(&self, text: &str, state: &mut RowState) -> Scan<usize> {
         state.slots.clear();
         state.slots.resize(self.slot_modes.len(), None);
+        state.item_slots.clear();
+        state.items = 0;
         state.taken.clear();
         state.taken.resize(self.nodes.len(), false);
         state.id = None;
@@ -446,21 +529,46 @@ impl OnePassPlan {
             self.resource.is(text.as_bytes(), key)
         });
         if !of_the_view {
-            return Ok(false);
+            return Ok(0);
         }
+        let rows = match self.items {
+            None => 1,
+            Some(items) if state.items == 0 => usize::from(items.or_null),
+            Some(_) => state.items,
+        };
         state.values.clear();
-        for (source, kind) in &self.columns {
-            let scalar = match source {
-                ColumnSource::Slot(slot) => state.slots[*slot],
-                ColumnSource::FirstOf(slots) => slots.iter().find_map(|slot| state.slots[*slot]),
-            };
-            let value = match scalar {
-                None => Value::Null,
-                Some(scalar) => convert(*kind, scalar, text)?,
-            };
-            state.values.push(value);
+        for row in 0..rows {
+            for (source, kind) in &self.columns {
+                let scalar = match source {
+                    ColumnSource::Slot(slot) => self.slot_value(state, row, *slot),
+                    ColumnSource::FirstOf(slots) => slots
+                        .iter()
+                        .find_map(|slot| self.slot_value(state, row, *slot)),
+                };
+                let value = match scalar {
+                    None => Value::Null,
+                    Some(scalar) => convert(*kind, scalar, text)?,
+                };
+                state.values.push(value);
+            }
         }
-        Ok(true)
+        Ok(rows)
+    }
+
+    /// What `slot` holds for row `row` (item slots per item; none for a `forEachOrNull` row
+    /// without an item).
+    fn slot_value(&self, state: &RowState, row: usize, slot: usize) -> Option<Scalar> {
+        match self.items {
+            Some(items) if slot >= items.first_slot => {
+                let stride = self.slot_modes.len() - items.first_slot;
+                state
+                    .item_slots
+                    .get(row * stride + slot - items.first_slot)
+                    .copied()
+                    .flatten()
+            }
+            _ => state.slots[slot],
+        }
     }
 
     /// The members of one object at trie node `node`.
@@ -487,6 +595,7 @@ impl OnePassPlan {
                         _ if repeated => scanner.skip_value(MAX_DEPTH)?,
                         Target::Node(child) => self.node_value(scanner, *child, state)?,
                         Target::Leaves(leaves) => self.leaves_value(scanner, leaves, state)?,
+                        Target::Items(node) => self.items_value(scanner, *node, state)?,
                     }
                 }
             }
@@ -494,6 +603,48 @@ impl OnePassPlan {
                 return Ok(());
             }
         }
+    }
+
+    /// The value of a `forEach` member: an object (one item), an array of objects and nulls, or
+    /// null.
+    fn items_value(
+        &self,
+        scanner: &mut Scanner<'_>,
+        node: usize,
+        state: &mut RowState,
+    ) -> Scan<()> {
+        match scanner.peek()? {
+            b'{' => self.item(scanner, node, state),
+            b'[' => {
+                if scanner.open(b'[', b']')? {
+                    loop {
+                        match scanner.peek()? {
+                            b'{' => self.item(scanner, node, state)?,
+                            b'n' if scanner.scalar()?.kind == ScalarKind::Null => {}
+                            _ => return Err(Bail),
+                        }
+                        if !scanner.next_or_close(b']')? {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            b'n' if scanner.scalar()?.kind == ScalarKind::Null => Ok(()),
+            _ => Err(Bail),
+        }
+    }
+
+    /// One `forEach` item: fresh slots and `first()` flags, then its members.
+    fn item(&self, scanner: &mut Scanner<'_>, node: usize, state: &mut RowState) -> Scan<()> {
+        let items = self.items.ok_or(Bail)?;
+        state.items += 1;
+        let stride = self.slot_modes.len() - items.first_slot;
+        state
+            .item_slots
+            .resize(state.item_slots.len() + stride, None);
+        state.taken[items.first_node..].fill(false);
+        self.object(scanner, node, state)
     }
 
     /// A member value the trie goes into: an object, an array of objects, or null.
@@ -642,9 +793,18 @@ impl OnePassPlan {
         if value.kind == ScalarKind::EscapedStr {
             return Err(Bail);
         }
-        match (&state.slots[slot], self.slot_modes[slot]) {
+        let cell = match self.items {
+            Some(items) if slot >= items.first_slot => {
+                let stride = self.slot_modes.len() - items.first_slot;
+                let at =
+                    (state.items.checked_sub(1).ok_or(Bail)?) * stride + slot - items.first_slot;
+                state.item_slots.get_mut(at).ok_or(Bail)?
+            }
+            _ => &mut state.slots[slot],
+        };
+        match (&cell, self.slot_modes[slot]) {
             (None, _) => {
-                state.slots[slot] = Some(value);
+                *cell = Some(value);
                 Ok(())
             }
             (Some(_), SlotMode::First) => Ok(()),
@@ -720,17 +880,31 @@ fn convert(kind: ColumnKind, scalar: Scalar, text: &str) -> Scan<Value> {
     })
 }
 
-/// The columns of `select` and its nested plain selects by slot; `None` when a select iterates
-/// or has a unionAll.
-fn collect_columns<'v>(select: &'v SelectNode, out: &mut [Option<&'v ColumnExpr>]) -> Option<()> {
-    if !matches!(select.iteration, Iteration::None) || !select.union_all.is_empty() {
+/// The columns of `select` and its nested selects by slot, and the one `forEach` /
+/// `forEachOrNull` select among them, if any; `None` when the selects do not fit one pass (a
+/// `repeat`, a `unionAll`, two `forEach`, or selects nested in a `forEach`).
+fn collect_columns<'v>(
+    select: &'v SelectNode,
+    out: &mut [Option<&'v ColumnExpr>],
+    for_each: &mut Option<&'v SelectNode>,
+) -> Option<()> {
+    if !select.union_all.is_empty() {
         return None;
+    }
+    match select.iteration {
+        Iteration::None => {}
+        Iteration::ForEach(_) | Iteration::ForEachOrNull(_)
+            if for_each.is_none() && select.selects.is_empty() =>
+        {
+            *for_each = Some(select);
+        }
+        _ => return None,
     }
     for column in &select.columns {
         *out.get_mut(column.slot)? = Some(column);
     }
     for nested in &select.selects {
-        collect_columns(nested, out)?;
+        collect_columns(nested, out, for_each)?;
     }
     Some(())
 }
