@@ -9,7 +9,9 @@
 //!   `observation` view into Arrow builders + the record batch;
 //! * `observation view`: what ingest does per changed Observation
 //!   (`ViewBatchBuilder::append_text`): the same rows and batch read in one pass over the text,
-//!   without a tree (the view is flat; see `views/src/onepass/`).
+//!   without a tree (the view is flat; see `views/src/onepass/`);
+//! * `observation_component view` and its `(tree)` twin: the same for the `forEach` view (one row
+//!   per component), in Observations read per second.
 //!
 //! Input: every Observation of the Synthea bulk-data-server export (16,315 resources, identified
 //! source data; de-identified resources in a lake are smaller, so this is the harder case). Run
@@ -92,6 +94,43 @@ fn bench(c: &mut Criterion) {
     group.bench_function("observation view", |b| {
         b.iter(|| {
             let mut builder = ViewBatchBuilder::new(view.clone());
+            let mut parser = JsonParser::default();
+            for line in &lines {
+                builder
+                    .append_text(line, &mut parser)
+                    .expect("json")
+                    .expect("rows");
+            }
+            assert_eq!(builder.text_paths().general, 0, "every line in one pass");
+            black_box(builder.finish().expect("batch"));
+        })
+    });
+    group.finish();
+
+    // The `forEach` view over the same lines (one row per component; most Observations have
+    // none): its throughput is per Observation read, not per row.
+    let components = Arc::new(
+        CompiledView::from_json_text(builtin_view_text("observation_component").expect("built-in"))
+            .expect("observation_component view compiles"),
+    );
+    let mut group = c.benchmark_group("views (resources/s)");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    group.bench_function("observation_component view (tree)", |b| {
+        b.iter(|| {
+            let mut builder = ViewBatchBuilder::new(components.clone());
+            let mut parser = JsonParser::default();
+            for line in &lines {
+                parser
+                    .parse(line, |json| builder.append(json))
+                    .expect("json")
+                    .expect("rows");
+            }
+            black_box(builder.finish().expect("batch"));
+        })
+    });
+    group.bench_function("observation_component view", |b| {
+        b.iter(|| {
+            let mut builder = ViewBatchBuilder::new(components.clone());
             let mut parser = JsonParser::default();
             for line in &lines {
                 builder
