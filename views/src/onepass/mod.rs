@@ -593,9 +593,11 @@ impl OnePassPlan {
                     seen |= 1 << i;
                     match &member.target {
                         _ if repeated => scanner.skip_value(MAX_DEPTH)?,
-                        Target::Node(child) => self.node_value(scanner, *child, state)?,
+                        Target::Node(child) => {
+                            self.objects(scanner, *child, state, Self::item_object)?
+                        }
                         Target::Leaves(leaves) => self.leaves_value(scanner, leaves, state)?,
-                        Target::Items(node) => self.items_value(scanner, *node, state)?,
+                        Target::Items(node) => self.objects(scanner, *node, state, Self::item)?,
                     }
                 }
             }
@@ -605,34 +607,34 @@ impl OnePassPlan {
         }
     }
 
-    /// The value of a `forEach` member: an object (one item), an array of objects and nulls, or
-    /// null.
-    fn items_value(
+    /// A member value read as objects: an object, an array of objects and nulls, or null. `each`
+    /// reads every object at trie node `node` (a `forEach` item, or an object the trie goes into);
+    /// anything else bails.
+    #[inline]
+    fn objects(
         &self,
         scanner: &mut Scanner<'_>,
         node: usize,
         state: &mut RowState,
+        each: impl Fn(&Self, &mut Scanner<'_>, usize, &mut RowState) -> Scan<()>,
     ) -> Scan<()> {
-        match scanner.peek()? {
-            b'{' => self.item(scanner, node, state),
-            b'[' => {
-                if scanner.open(b'[', b']')? {
-                    loop {
-                        match scanner.peek()? {
-                            b'{' => self.item(scanner, node, state)?,
-                            b'n' if scanner.scalar()?.kind == ScalarKind::Null => {}
-                            _ => return Err(Bail),
-                        }
-                        if !scanner.next_or_close(b']')? {
-                            break;
-                        }
-                    }
-                }
-                Ok(())
-            }
+        let one = |scanner: &mut Scanner<'_>, state: &mut RowState| match scanner.peek()? {
+            b'{' => each(self, scanner, node, state),
             b'n' if scanner.scalar()?.kind == ScalarKind::Null => Ok(()),
             _ => Err(Bail),
+        };
+        if scanner.peek()? != b'[' {
+            return one(scanner, state);
         }
+        if scanner.open(b'[', b']')? {
+            loop {
+                one(scanner, state)?;
+                if !scanner.next_or_close(b']')? {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One `forEach` item: fresh slots and `first()` flags, then its members.
@@ -645,35 +647,6 @@ impl OnePassPlan {
             .resize(state.item_slots.len() + stride, None);
         state.taken[items.first_node..].fill(false);
         self.object(scanner, node, state)
-    }
-
-    /// A member value the trie goes into: an object, an array of objects, or null.
-    fn node_value(&self, scanner: &mut Scanner<'_>, node: usize, state: &mut RowState) -> Scan<()> {
-        match scanner.peek()? {
-            b'{' => self.item_object(scanner, node, state),
-            b'[' => {
-                if scanner.open(b'[', b']')? {
-                    loop {
-                        match scanner.peek()? {
-                            b'{' => self.item_object(scanner, node, state)?,
-                            b'n' => {
-                                scanner.scalar()?;
-                            }
-                            _ => return Err(Bail),
-                        }
-                        if !scanner.next_or_close(b']')? {
-                            break;
-                        }
-                    }
-                }
-                Ok(())
-            }
-            b'n' => match scanner.scalar()?.kind {
-                ScalarKind::Null => Ok(()),
-                _ => Err(Bail),
-            },
-            _ => Err(Bail),
-        }
     }
 
     fn item_object(
