@@ -21,6 +21,7 @@ use std::hint::black_box;
 use std::io::Read as _;
 use std::sync::Arc;
 
+use arrow::record_batch::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fhirlake_views::builtin::builtin_view_text;
 use fhirlake_views::{CompiledView, JsonParser, ViewBatchBuilder};
@@ -44,23 +45,40 @@ fn load_lines() -> Vec<String> {
     lines
 }
 
+/// Every line through the general path (tape parse + tree walk) into one batch.
+fn through_the_tree(view: &Arc<CompiledView>, lines: &[String]) -> RecordBatch {
+    let mut builder = ViewBatchBuilder::new(view.clone());
+    let mut parser = JsonParser::default();
+    for line in lines {
+        parser
+            .parse(line, |json| builder.append(json))
+            .expect("json")
+            .expect("rows");
+    }
+    builder.finish().expect("batch")
+}
+
+/// Every line through `append_text`, asserting that each took the one-pass path.
+fn in_one_pass(view: &Arc<CompiledView>, lines: &[String]) -> RecordBatch {
+    let mut builder = ViewBatchBuilder::new(view.clone());
+    let mut parser = JsonParser::default();
+    for line in lines {
+        builder
+            .append_text(line, &mut parser)
+            .expect("json")
+            .expect("rows");
+    }
+    assert_eq!(builder.text_paths().general, 0, "every line in one pass");
+    builder.finish().expect("batch")
+}
+
 fn bench(c: &mut Criterion) {
     let lines = load_lines();
     let view = Arc::new(
         CompiledView::from_json_text(builtin_view_text("observation").expect("built-in"))
             .expect("observation view compiles"),
     );
-    let mut rows = 0u64;
-    {
-        let mut builder = ViewBatchBuilder::new(view.clone());
-        let mut parser = JsonParser::default();
-        for line in &lines {
-            rows += parser
-                .parse(line, |json| builder.append(json))
-                .expect("json")
-                .expect("rows") as u64;
-        }
-    }
+    let rows = through_the_tree(&view, &lines).num_rows() as u64;
     let mut group = c.benchmark_group("views");
     group.throughput(Throughput::Elements(rows));
     group.bench_function("serde_json::Value parse", |b| {
@@ -79,31 +97,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.bench_function("observation view (tree)", |b| {
-        b.iter(|| {
-            let mut builder = ViewBatchBuilder::new(view.clone());
-            let mut parser = JsonParser::default();
-            for line in &lines {
-                parser
-                    .parse(line, |json| builder.append(json))
-                    .expect("json")
-                    .expect("rows");
-            }
-            black_box(builder.finish().expect("batch"));
-        })
+        b.iter(|| black_box(through_the_tree(&view, &lines)))
     });
     group.bench_function("observation view", |b| {
-        b.iter(|| {
-            let mut builder = ViewBatchBuilder::new(view.clone());
-            let mut parser = JsonParser::default();
-            for line in &lines {
-                builder
-                    .append_text(line, &mut parser)
-                    .expect("json")
-                    .expect("rows");
-            }
-            assert_eq!(builder.text_paths().general, 0, "every line in one pass");
-            black_box(builder.finish().expect("batch"));
-        })
+        b.iter(|| black_box(in_one_pass(&view, &lines)))
     });
     group.finish();
 
@@ -116,31 +113,10 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("views (resources/s)");
     group.throughput(Throughput::Elements(lines.len() as u64));
     group.bench_function("observation_component view (tree)", |b| {
-        b.iter(|| {
-            let mut builder = ViewBatchBuilder::new(components.clone());
-            let mut parser = JsonParser::default();
-            for line in &lines {
-                parser
-                    .parse(line, |json| builder.append(json))
-                    .expect("json")
-                    .expect("rows");
-            }
-            black_box(builder.finish().expect("batch"));
-        })
+        b.iter(|| black_box(through_the_tree(&components, &lines)))
     });
     group.bench_function("observation_component view", |b| {
-        b.iter(|| {
-            let mut builder = ViewBatchBuilder::new(components.clone());
-            let mut parser = JsonParser::default();
-            for line in &lines {
-                builder
-                    .append_text(line, &mut parser)
-                    .expect("json")
-                    .expect("rows");
-            }
-            assert_eq!(builder.text_paths().general, 0, "every line in one pass");
-            black_box(builder.finish().expect("batch"));
-        })
+        b.iter(|| black_box(in_one_pass(&components, &lines)))
     });
     group.finish();
 }
