@@ -231,11 +231,7 @@ fn throttling_with_each_retry_after_form_and_transient_errors_are_retried() {
     });
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let output = ingest_bulk(
-        dir.path(),
-        &server.base_url(),
-        &["--type", &SMALL.join(",")],
-    );
+    let output = ingest_small(dir.path(), &server, &[]);
     assert_code(&output, 0);
     // Waits were clamped to the test maximum: an epoch in ms is not a 50-year sleep.
     assert!(started.elapsed() < Duration::from_secs(60));
@@ -365,11 +361,7 @@ fn a_cut_download_is_retried_and_a_wrong_count_is_reported() {
         ..Faults::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let output = ingest_bulk(
-        dir.path(),
-        &server.base_url(),
-        &["--type", &SMALL.join(",")],
-    );
+    let output = ingest_small(dir.path(), &server, &[]);
     assert_code(&output, 0);
     let stderr = text(&output.stderr);
     assert!(
@@ -391,11 +383,7 @@ fn a_cut_download_resumes_with_a_range_request_when_the_server_takes_ranges() {
         ..Faults::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let output = ingest_bulk(
-        dir.path(),
-        &server.base_url(),
-        &["--type", &SMALL.join(",")],
-    );
+    let output = ingest_small(dir.path(), &server, &[]);
     assert_code(&output, 0);
     assert_exactly_exported(dir.path(), &server, SMALL);
     let counters = server.counters();
@@ -735,20 +723,7 @@ fn a_paged_manifest_is_followed_to_its_last_page_with_the_token() {
         },
         Some(client),
     );
-    let output = ingest_bulk(
-        dir.path(),
-        &server.base_url(),
-        &[
-            "--type",
-            &SMALL.join(","),
-            "--client-id",
-            "fhirlake-test",
-            "--client-key",
-            key.to_str().unwrap(),
-            "--landing",
-            "landing",
-        ],
-    );
+    let output = ingest_small_with_auth(dir.path(), &server, &key, &["--landing", "landing"]);
     assert_code(&output, 0);
     assert_eq!(
         lake_counts(dir.path()),
@@ -782,6 +757,14 @@ fn assert_exactly_exported(cwd: &Path, server: &MockBulkServer, types: &[&str]) 
     assert_eq!(read as usize, expected.values().sum::<usize>());
 }
 
+/// `ingest --bulk` of the SMALL types from `server`.
+fn ingest_small(cwd: &Path, server: &MockBulkServer, extra: &[&str]) -> Output {
+    let types = SMALL.join(",");
+    let mut args = vec!["--type", &types];
+    args.extend_from_slice(extra);
+    ingest_bulk(cwd, &server.base_url(), &args)
+}
+
 /// `ingest --bulk` of the SMALL types with the SMART client flags.
 fn ingest_small_with_auth(
     cwd: &Path,
@@ -789,17 +772,10 @@ fn ingest_small_with_auth(
     key: &Path,
     extra: &[&str],
 ) -> Output {
-    let types = SMALL.join(",");
-    let mut args = vec![
-        "--type",
-        &types,
-        "--client-id",
-        "fhirlake-test",
-        "--client-key",
-        key.to_str().unwrap(),
-    ];
+    let key = key.to_str().unwrap();
+    let mut args = vec!["--client-id", "fhirlake-test", "--client-key", key];
     args.extend_from_slice(extra);
-    ingest_bulk(cwd, &server.base_url(), &args)
+    ingest_small(cwd, server, &args)
 }
 
 #[test]
@@ -833,11 +809,7 @@ fn a_transient_503_on_a_file_download_is_retried() {
         ..Faults::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let output = ingest_bulk(
-        dir.path(),
-        &server.base_url(),
-        &["--type", &SMALL.join(",")],
-    );
+    let output = ingest_small(dir.path(), &server, &[]);
     assert_code(&output, 0);
     assert_exactly_exported(dir.path(), &server, SMALL);
     let counters = server.counters();

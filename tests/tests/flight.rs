@@ -173,6 +173,15 @@ fn single_i64(batches: &[RecordBatch]) -> i64 {
     batch.column(0).as_primitive::<Int64Type>().value(0)
 }
 
+/// One text value bound to a prepared statement's `$1`.
+fn text_parameter(value: &str) -> RecordBatch {
+    RecordBatch::try_from_iter([(
+        "$1",
+        std::sync::Arc::new(arrow::array::StringArray::from(vec![value])) as _,
+    )])
+    .unwrap()
+}
+
 fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
     let mut out = Vec::new();
     for batch in batches {
@@ -467,12 +476,7 @@ fn rust_client_covers_the_rpcs() {
             .await
             .unwrap();
         assert_eq!(prepared.parameter_schema().unwrap().fields().len(), 1);
-        let param = RecordBatch::try_from_iter([(
-            "$1",
-            std::sync::Arc::new(arrow::array::StringArray::from(vec!["female"])) as _,
-        )])
-        .unwrap();
-        prepared.set_parameters(param).unwrap();
+        prepared.set_parameters(text_parameter("female")).unwrap();
         let info = prepared.execute().await.unwrap();
         let female = single_i64(&fetch(&mut client, info).await.unwrap());
         let expected = expected_genders(lake);
@@ -489,12 +493,9 @@ fn rust_client_covers_the_rpcs() {
             )
             .await
             .unwrap();
-        let param = RecordBatch::try_from_iter([(
-            "$1",
-            std::sync::Arc::new(arrow::array::StringArray::from(vec!["44054006"])) as _,
-        )])
-        .unwrap();
-        prepared_codes.set_parameters(param).unwrap();
+        prepared_codes
+            .set_parameters(text_parameter("44054006"))
+            .unwrap();
         let info = prepared_codes.execute().await.unwrap();
         let by_code_in = single_i64(&fetch(&mut client, info).await.unwrap());
         let by_equality = single_i64(
