@@ -15,6 +15,7 @@
 
 use serde_json::Value;
 
+pub mod coverage;
 pub mod engine;
 pub mod fhir_types;
 pub mod key;
