@@ -18,17 +18,21 @@ use crate::fhir_types::{ElementId, TypeId};
 use crate::key::DeidKey;
 use crate::methods::{self, crypt, dates, memo::Memo, pseudonym, scrub::Scrubber};
 use crate::path::{Item, MatchState, Node, NodeInfo, eval};
-use crate::policy::{Fallback, Generalize, METHOD_NAMES, Method, Policy, ms::ProcessingErrors};
+use crate::policy::{
+    Fallback, Generalize, METHOD_COUNT, METHOD_NAMES, Method, Policy, ms::ProcessingErrors,
+};
 use crate::risk::AGE_BAND_EXTENSION_URL;
+use crate::vocabulary::{self, TextDecision};
 use crate::{Deidentifier, Disposition, Error, Result};
 
 /// Per-run counters, safe to update from every worker.
 #[derive(Debug, Default)]
 struct Counters {
-    methods: [AtomicU64; 9],
+    methods: [AtomicU64; METHOD_COUNT],
     free_text_default: AtomicU64,
     unknown_elements: AtomicU64,
     dropped_extensions: AtomicU64,
+    malformed: AtomicU64,
     dropped_resources: AtomicU64,
     resources: AtomicU64,
 }
@@ -48,14 +52,18 @@ pub struct DeidStats {
     pub dropped_extensions: u64,
     /// Resources dropped (unknown `modifierExtension`).
     pub dropped_resources: u64,
+    /// Values removed because their JSON shape is not their FHIR type's (an object or a number
+    /// where a date belongs, an array in an array): fail closed, they are not read as text.
+    pub malformed: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 struct LocalCounts {
-    methods: [u64; 9],
+    methods: [u64; METHOD_COUNT],
     free_text_default: u64,
     unknown_elements: u64,
     dropped_extensions: u64,
+    malformed: u64,
 }
 
 /// One line of `fhirlake deid explain`: which rule decided a value and what it did.
@@ -97,6 +105,8 @@ pub struct PolicyEngine {
     /// Unique per engine in the process (never 0): tells a worker thread's memos of keyed hashes
     /// which engine, so which key, they belong to.
     id: u64,
+    /// Resources are already de-identified (a purge re-applies a fixed policy to the lake).
+    reapply: bool,
 }
 
 /// The next [`PolicyEngine::id`].
@@ -268,7 +278,19 @@ impl PolicyEngine {
             root_rules,
             all_rules,
             id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+            reapply: false,
         }
+    }
+
+    /// Re-applies the policy to resources that are already de-identified (`fhirlake deid purge`
+    /// after a policy fix): `pseudonymize`, `encrypt`, `date_shift` and `perturb` leave values as
+    /// they are (they ran at ingest and are not idempotent: a second pass would re-key ids and
+    /// shift dates twice), and the 90+ age-band extension the engine added stays. Everything else
+    /// (`redact`, `generalize`, `scrub`, `terminology`, the defaults) applies again, so what the
+    /// fixed policy no longer allows is removed.
+    pub fn with_reapply(mut self, reapply: bool) -> Self {
+        self.reapply = reapply;
+        self
     }
 
     /// Pins "today" for the 90+ rule (tests and reproducible re-runs).
@@ -308,6 +330,7 @@ impl PolicyEngine {
             unknown_elements: c.unknown_elements.load(Ordering::Relaxed),
             dropped_extensions: c.dropped_extensions.load(Ordering::Relaxed),
             dropped_resources: c.dropped_resources.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
         }
     }
 
@@ -324,6 +347,7 @@ impl PolicyEngine {
             .fetch_add(local.unknown_elements, Ordering::Relaxed);
         c.dropped_extensions
             .fetch_add(local.dropped_extensions, Ordering::Relaxed);
+        c.malformed.fetch_add(local.malformed, Ordering::Relaxed);
         c.resources.fetch_add(1, Ordering::Relaxed);
         if dropped {
             c.dropped_resources.fetch_add(1, Ordering::Relaxed);
@@ -336,24 +360,12 @@ impl PolicyEngine {
         if rt == "Patient" {
             return resource.get("id")?.as_str().map(str::to_string);
         }
-        for field in ["subject", "patient", "beneficiary"] {
-            let Some(reference) = resource
-                .get(field)
-                .and_then(|r| r.get("reference"))
-                .and_then(Value::as_str)
-            else {
-                continue;
-            };
-            if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
-                return Some(uuid.to_string());
-            }
-            let mut parts = reference.rsplit('/');
-            let (id, ty) = (parts.next(), parts.next());
-            if ty == Some("Patient") {
-                return id.map(str::to_string);
-            }
-        }
-        None
+        ["subject", "patient", "beneficiary"]
+            .iter()
+            .find_map(|field| {
+                let reference = resource.get(field)?.get("reference")?.as_str()?;
+                pseudonym::patient_in_reference(reference).map(str::to_string)
+            })
     }
 }
 
@@ -527,7 +539,7 @@ impl<'e> Walk<'e> {
                 }
                 let rule = &self.rules()[i];
                 let (state, matched) = rule.selector.start_node(root);
-                if matched && first.is_none() {
+                if matched && first.is_none() && rule.method != Method::Allow {
                     first = Some(i);
                 }
                 let state = rule.selector.without_global_search(state);
@@ -646,11 +658,29 @@ impl<'e> Walk<'e> {
         } else {
             None
         };
+        let ms = self.engine.policy.ms.is_some();
+        let (text, years) = if ms {
+            (None, None)
+        } else if ty == "Coding" || ty == "CodeableConcept" {
+            (text_decision(ty, map), None)
+        } else if is_quantity(ty) {
+            let (code, unit) = (map.get("code"), map.get("unit"));
+            let unit = if code.is_none() && unit.is_none() {
+                // A quantity an age rule names, with no unit: an age in years (`onsetRange`).
+                Some(1.0)
+            } else {
+                code.and_then(Value::as_str)
+                    .and_then(years_per_unit)
+                    .or_else(|| unit.and_then(Value::as_str).and_then(years_per_unit))
+            };
+            (text_decision(ty, map), unit)
+        } else {
+            (None, None)
+        };
         let mut removed_any = false;
         let mut changed = false;
         let mut touched = false;
         let explaining = self.explain.is_some();
-        let ms = self.engine.policy.ms.is_some();
         let children = fhir_types::Children::of_id(type_id);
         for (key, value) in map.iter_mut() {
             if key == "resourceType" {
@@ -680,6 +710,21 @@ impl<'e> Walk<'e> {
             } else {
                 (child_ty, child_type_id)
             };
+            if !ms && value.is_array() && child.is_some_and(|c| !c.is_array) {
+                // A single-valued element given as an array: not read item by item (each item
+                // would pass as a valid value), removed.
+                if explaining {
+                    self.path.push(key.clone());
+                }
+                self.counts.malformed += 1;
+                self.record(None, "malformed value", "removed");
+                if explaining {
+                    self.path.pop();
+                }
+                *value = Value::Null;
+                removed_any = true;
+                continue;
+            }
             // Repeating elements written as a single value come out as arrays (as the tool
             // serializes them).
             if ms && child.is_some_and(|c| c.is_array) && !value.is_array() && !value.is_null() {
@@ -691,6 +736,8 @@ impl<'e> Walk<'e> {
                 ty,
                 system: system.as_deref(),
                 known: child.is_some(),
+                text,
+                years_per_unit: years,
             };
             if explaining {
                 self.path.push(key.clone());
@@ -802,6 +849,12 @@ impl<'e> Walk<'e> {
             ext_part,
         } = slot;
         let rules = self.rules();
+        let ms = self.engine.policy.ms.is_some();
+        if !ms && !ty.is_empty() && malformed(value, ty) {
+            self.counts.malformed += 1;
+            self.record(None, "malformed value", "removed");
+            return (Outcome::Remove, false);
+        }
         // Only containers need their rule states (for their children); most nodes are leaves,
         // which need just the first match, so they allocate nothing.
         let is_container = value.is_object() || value.is_array();
@@ -811,6 +864,8 @@ impl<'e> Walk<'e> {
             Vec::new()
         };
         let mut first = None;
+        // An `allow` rule matched: an extension passes the allow-list (it governs nothing).
+        let mut allowed = false;
         let is_resource = ty == "Resource";
         {
             let (node_ty, node_type_id) = if is_resource {
@@ -862,7 +917,9 @@ impl<'e> Walk<'e> {
                     matched |= m;
                     t += 1;
                 }
-                if matched && first.is_none() {
+                if matched && rules[i].method == Method::Allow {
+                    allowed = true;
+                } else if matched && first.is_none() {
                     first = Some(i);
                     if !is_container {
                         break;
@@ -873,7 +930,15 @@ impl<'e> Walk<'e> {
                 }
             }
         }
-        let gov = first.or(governing);
+        let mut gov = first.or(governing);
+        if ext_part && !ms && gov.is_some_and(|g| rules[g].method != Method::Redact) {
+            // `_birthDate` holds the id and extensions of `birthDate`, not its value: the rule
+            // for the value (generalize, date_shift, keep ...) means nothing there, and keeping
+            // by it would let the extensions' text through. Only removal carries over; inside,
+            // the other rules and the defaults decide.
+            first = None;
+            gov = None;
+        }
         let touched = first.is_some();
         if is_resource {
             let outer = ResourceCtx {
@@ -882,7 +947,6 @@ impl<'e> Walk<'e> {
             };
             return (self.resource(value, gov, Some(&outer)), touched);
         }
-        let ms = self.engine.policy.ms.is_some();
         if !parent.known && !parent.ty.is_empty() && gov.is_none() {
             if ms {
                 self.fail(&ctx.resource_type, "", "unknown element for FHIR R4");
@@ -896,13 +960,16 @@ impl<'e> Walk<'e> {
         }
         match value {
             Value::Object(map) => {
-                if gov.is_none() && ty == "Extension" {
+                if gov.is_none() && ty == "Extension" && !allowed {
                     let defaults = &self.engine.policy.defaults;
                     let fallback = if element == "modifierExtension" {
                         defaults.modifier_extensions
                     } else {
                         defaults.extensions
                     };
+                    if engine_reapply_keeps(self.engine, map) {
+                        return (Outcome::Keep, touched);
+                    }
                     match fallback {
                         Fallback::DropResource => {
                             self.drop_reason = Some(format!(
@@ -944,9 +1011,14 @@ impl<'e> Walk<'e> {
                 if substitute.is_some() {
                     self.in_subst += 1;
                 }
-                let (outcome, inner_touched) = self.object(map, ty, type_id, &states, gov, ctx);
+                let (mut outcome, inner_touched) = self.object(map, ty, type_id, &states, gov, ctx);
                 states.clear();
                 self.worker.pool.push(std::mem::take(&mut states));
+                if !ms && ty == "Extension" && map.len() == 1 && map.contains_key("url") {
+                    // Its value and sub-extensions are gone: a bare url says nothing (and would
+                    // still say that something was there).
+                    outcome = Outcome::Remove;
+                }
                 if let Some((i, replacement)) = substitute {
                     self.in_subst -= 1;
                     // What is left of the node is what earlier rules handled inside it (the rest
@@ -1046,6 +1118,29 @@ impl<'e> Walk<'e> {
             return outcome;
         };
         let method = &engine.policy.rules[i].method;
+        if *method == Method::DateShift
+            && engine.policy.ms.is_none()
+            && engine.policy.defaults.dates_over_89 == Fallback::Redact
+            && value
+                .as_str()
+                .and_then(|text| dates::age_in_years(text, engine.today))
+                .is_some_and(|age| age > 89)
+        {
+            // A date that old says the person it is about is over 89 (Safe Harbor): shifting it
+            // by at most a year would not hide that.
+            self.counts.methods[method.index()] += 1;
+            self.record(Some(i), "", "removed (over 89 years ago)");
+            return Outcome::Remove;
+        }
+        if engine.reapply
+            && matches!(
+                method,
+                Method::Pseudonymize | Method::Encrypt | Method::DateShift | Method::Perturb(_)
+            )
+        {
+            self.record(Some(i), "", "kept");
+            return Outcome::Keep;
+        }
         if matches!(method, Method::Substitute(_)) && !direct {
             // Inside a substituted node: replaced along with it (see `node`).
             return Outcome::Remove;
@@ -1083,11 +1178,13 @@ impl<'e> Walk<'e> {
                         if element == "id" && ty == "id" && fhir_types::is_resource_type(parent.ty)
                         {
                             if ctx.contained {
-                                text.clone()
+                                pseudonym::pseudo_local_id(&engine.key, text)
                             } else {
                                 pseudonym::pseudo_id(&engine.key, &ctx.resource_type, text)
                             }
-                        } else if parent.ty == "Reference" && element == "reference" {
+                        } else if (parent.ty == "Reference" && element == "reference")
+                            || is_bundle_reference(parent.ty, element)
+                        {
                             self.worker.references.get_or_insert_with(text, |r| {
                                 pseudonym::rewrite_reference(&engine.key, r)
                             })
@@ -1164,7 +1261,7 @@ impl<'e> Walk<'e> {
                 if ms_mode && !value.is_null() {
                     self.ms_ops |= OP_GENERALIZE;
                 }
-                self.generalize(value, ty, g, ctx)
+                self.generalize(value, element, ty, g, parent, ctx)
             }
             Method::Substitute(replacement) => {
                 self.ms_ops |= OP_SUBSTITUTE;
@@ -1191,6 +1288,9 @@ impl<'e> Walk<'e> {
                 _ => Outcome::Keep,
             },
             Method::Scrub => self.scrub(value, ctx),
+            Method::Terminology => terminology(value, element, ty, parent),
+            // Never governs (see `node`); here only if a policy names a primitive with it.
+            Method::Allow => Outcome::Keep,
         };
         self.counts.methods[method.index()] += 1;
         self.record(Some(i), "", outcome_name(outcome));
@@ -1267,15 +1367,23 @@ impl<'e> Walk<'e> {
     fn generalize(
         &mut self,
         value: &mut Value,
+        element: &str,
         ty: &str,
         g: &Generalize,
+        parent: &Parent<'_>,
         ctx: &mut ResourceCtx,
     ) -> Outcome {
         let engine = self.engine;
         match g {
             Generalize::Year { over_89_band } => {
                 let Some(text) = value.as_str().filter(|_| DATE_TYPES.contains(&ty)) else {
-                    return Outcome::Keep;
+                    // Not a date (a date's `_x` part is not governed here): nothing to coarsen,
+                    // so nothing that may stay.
+                    return if engine.policy.ms.is_some() {
+                        Outcome::Keep
+                    } else {
+                        Outcome::Remove
+                    };
                 };
                 if *over_89_band && dates::age_in_years(text, engine.today).is_some_and(|a| a >= 90)
                 {
@@ -1292,7 +1400,8 @@ impl<'e> Walk<'e> {
                     Some(m) => set_string(value, m),
                     None => Outcome::Remove,
                 },
-                None => Outcome::Keep,
+                None if engine.policy.ms.is_some() => Outcome::Keep,
+                None => Outcome::Remove,
             },
             Generalize::Zip3 => match value.as_str() {
                 Some(text) => match methods::zip3(text, &engine.policy.defaults.restricted_zip3) {
@@ -1301,13 +1410,14 @@ impl<'e> Walk<'e> {
                 },
                 None => Outcome::Remove,
             },
-            Generalize::Age => match value.as_f64() {
+            Generalize::Age if engine.policy.ms.is_some() => match value.as_f64() {
                 Some(n) if n > 89.0 => {
                     *value = Value::from(90);
                     Outcome::Changed
                 }
                 _ => Outcome::Keep,
             },
+            Generalize::Age => age(value, element, ty, parent),
             Generalize::Cases { cases, other } => {
                 let mut result = None;
                 {
@@ -1503,6 +1613,151 @@ struct Parent<'a> {
     ty: &'a str,
     system: Option<&'a str>,
     known: bool,
+    /// `terminology` on the parent's display-like child (`Coding.display`,
+    /// `CodeableConcept.text`, a quantity's `unit`), decided from its siblings.
+    text: Option<TextDecision>,
+    /// For a quantity: years per unit of its value (`mo` -> 1/12), when the unit is a time unit.
+    years_per_unit: Option<f64>,
+}
+
+/// True for the Bundle elements that hold references: `entry.fullUrl`, `entry.request.url`,
+/// `entry.response.location`. They are rewritten like `Reference.reference`, so an entry still
+/// matches the references to it.
+fn is_bundle_reference(parent_ty: &str, element: &str) -> bool {
+    matches!(
+        (parent_ty, element),
+        ("Bundle.entry", "fullUrl")
+            | ("Bundle.entry.request", "url")
+            | ("Bundle.entry.response", "location")
+    )
+}
+
+/// The `terminology` method (see [`Method::Terminology`]).
+fn terminology(value: &mut Value, element: &str, ty: &str, parent: &Parent<'_>) -> Outcome {
+    let display_like = matches!(
+        (parent.ty, element),
+        ("Coding", "display") | ("CodeableConcept", "text")
+    ) || (is_quantity(parent.ty) && element == "unit");
+    if display_like {
+        return match parent.text {
+            Some(TextDecision::Keep) => Outcome::Keep,
+            Some(TextDecision::Replace(display)) => set_string(value, display.to_string()),
+            _ => Outcome::Remove,
+        };
+    }
+    let Some(text) = value.as_str() else {
+        return Outcome::Remove;
+    };
+    let known = if parent.ty == "Reference" && element == "type" {
+        fhir_types::is_resource_type(text)
+    } else {
+        matches!(ty, "uri" | "url" | "canonical" | "oid" | "code")
+            && vocabulary::is_known_system(text)
+    };
+    if known {
+        Outcome::Keep
+    } else {
+        Outcome::Remove
+    }
+}
+
+/// `generalize` to `age` (not in anonymizer mode): an age over 89 years becomes 90 years in the
+/// quantity's own unit (1080 `mo`, not 90 `mo`); a number whose unit is not a time unit cannot be
+/// read as an age, so over 89 it is removed. The quantity's other parts: codes stay, the unit and
+/// system as `terminology` decides, anything else is removed.
+fn age(value: &mut Value, element: &str, ty: &str, parent: &Parent<'_>) -> Outcome {
+    if let Some(n) = value.as_f64() {
+        let years_per_unit = parent
+            .years_per_unit
+            .or((!is_quantity(parent.ty)).then_some(1.0));
+        return match years_per_unit {
+            Some(y) if n * y > 89.0 => {
+                *value = eval::number_json((90.0 / y).round());
+                Outcome::Changed
+            }
+            Some(_) => Outcome::Keep,
+            None if n > 89.0 => Outcome::Remove,
+            None => Outcome::Keep,
+        };
+    }
+    match ty {
+        "code" => Outcome::Keep,
+        _ => terminology(value, element, ty, parent),
+    }
+}
+
+/// Quantity and the datatypes built on it.
+fn is_quantity(ty: &str) -> bool {
+    matches!(
+        ty,
+        "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity" | "MoneyQuantity"
+    )
+}
+
+/// Years per unit of a time unit (UCUM code or a plain word); `None` for other units.
+fn years_per_unit(unit: &str) -> Option<f64> {
+    Some(match unit {
+        "a" | "year" | "years" | "yr" | "yrs" | "Year" | "Years" => 1.0,
+        "mo" | "month" | "months" | "Month" | "Months" => 1.0 / 12.0,
+        "wk" | "week" | "weeks" | "Week" | "Weeks" => 7.0 / 365.25,
+        "d" | "day" | "days" | "Day" | "Days" => 1.0 / 365.25,
+        "h" | "hour" | "hours" => 1.0 / (365.25 * 24.0),
+        "min" | "minute" | "minutes" => 1.0 / (365.25 * 24.0 * 60.0),
+        "s" | "second" | "seconds" => 1.0 / (365.25 * 24.0 * 3600.0),
+        _ => return None,
+    })
+}
+
+/// `terminology` for the display-like child of a Coding, CodeableConcept or quantity.
+fn text_decision(ty: &str, map: &Map<String, Value>) -> Option<TextDecision> {
+    fn str_of<'m>(m: &'m Map<String, Value>, k: &str) -> Option<&'m str> {
+        m.get(k).and_then(Value::as_str)
+    }
+    fn pair(m: &Map<String, Value>) -> Option<(&str, &str)> {
+        Some((m.get("system")?.as_str()?, m.get("code")?.as_str()?))
+    }
+    match ty {
+        "Coding" => {
+            let display = str_of(map, "display")?;
+            Some(vocabulary::decide_text(display, pair(map)))
+        }
+        "CodeableConcept" => {
+            let text = str_of(map, "text")?;
+            let codings = map.get("coding").and_then(Value::as_array);
+            let pairs = codings
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_object().and_then(pair));
+            Some(vocabulary::decide_text(text, pairs))
+        }
+        _ => {
+            let unit = str_of(map, "unit")?;
+            let known = str_of(map, "code") == Some(unit)
+                || vocabulary::is_known_unit(unit)
+                || years_per_unit(unit).is_some();
+            Some(if known {
+                TextDecision::Keep
+            } else {
+                TextDecision::Remove
+            })
+        }
+    }
+}
+
+/// True when a value's JSON shape is not its FHIR type's: an array inside an array, a primitive
+/// given as an object or array or as the wrong JSON type (a `birthDate` as a number), a complex
+/// type given as a scalar. Such values are removed (fail closed), never read as text.
+fn malformed(value: &Value, ty: &str) -> bool {
+    match value {
+        Value::Array(_) => true,
+        Value::Object(_) => fhir_types::is_primitive(ty),
+        Value::Null => false,
+        Value::Bool(_) => ty != "boolean",
+        Value::Number(_) => !NUMBER_TYPES.contains(&ty),
+        Value::String(_) => {
+            !fhir_types::is_primitive(ty) || ty == "boolean" || NUMBER_TYPES.contains(&ty)
+        }
+    }
 }
 
 /// The date the anonymizer reads from a value: its leading `YYYY-MM-DD` when there is one (it
@@ -1519,6 +1774,12 @@ fn set_string(value: &mut Value, new: String) -> Outcome {
     }
     *value = Value::String(new);
     Outcome::Changed
+}
+
+/// In re-apply mode the engine's own 90+ age-band extension stays (it replaced a birth date that
+/// is gone from the lake, so it cannot be derived again).
+fn engine_reapply_keeps(engine: &PolicyEngine, ext: &Map<String, Value>) -> bool {
+    engine.reapply && ext.get("url").and_then(Value::as_str) == Some(AGE_BAND_EXTENSION_URL)
 }
 
 fn outcome_name(o: Outcome) -> &'static str {

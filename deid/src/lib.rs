@@ -23,6 +23,7 @@ pub mod methods;
 pub mod path;
 pub mod policy;
 pub mod risk;
+pub mod vocabulary;
 
 pub use engine::{DeidStats, ExplainEntry, PolicyEngine};
 pub use key::{DeidKey, KeyError};

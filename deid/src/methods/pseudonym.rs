@@ -74,10 +74,56 @@ pub fn pseudo_text(key: &DeidKey, text: &str) -> String {
     pseudonym_hex(&keyed(key.identifier_key(), &["text", text]))
 }
 
-/// Rewrites a `Reference.reference` so that it points at the pseudonymized target.
+/// The pseudonym of a contained resource's local id (`contained[].id`, and `#id` in references
+/// to it): keyed like the others, so the two stay the same, and the original local id (often a
+/// source-system name: `#medication-for-jsmith`) is gone.
+pub fn pseudo_local_id(key: &DeidKey, id: &str) -> String {
+    pseudonym_hex(&keyed(key.pseudonym_key(), &["#", id]))
+}
+
+/// The source patient id a reference points at: `Patient/x`, `[base/]Patient/x[/_history/n]` or
+/// `urn:uuid:x` (Bundles, where the Patient's id is that uuid). Conditional references
+/// (`Patient?identifier=...`) name no id and give `None`: resolving them needs the identifier's
+/// resource, which the ingest has and a single resource does not.
+pub fn patient_in_reference(reference: &str) -> Option<&str> {
+    if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
+        return Some(uuid).filter(|u| !u.is_empty());
+    }
+    if reference.contains('?') {
+        return None;
+    }
+    let (body, _) = split_history(reference);
+    let (before, id) = body.rsplit_once('/')?;
+    let ty = before.rsplit('/').next().unwrap_or(before);
+    (ty == "Patient" && !id.is_empty()).then_some(id)
+}
+
+/// `[base/]Type/id[/_history/vid]` split before `/_history/` (the second part empty when there is
+/// none). A `/_history/` with no `/` after it ends just before the last `/`.
+fn split_history(reference: &str) -> (&str, &str) {
+    let history_at = reference
+        .rfind('/')
+        .and_then(|last| reference[..last].strip_suffix("/_history").map(str::len))
+        .filter(|&i| i > 0);
+    match history_at {
+        Some(i) => (&reference[..i], &reference[i..]),
+        None => (reference, ""),
+    }
+}
+
+/// Rewrites a `Reference.reference` (or a Bundle's `fullUrl`, `request.url`,
+/// `response.location`) so that it points at the pseudonymized target. What is not a resource
+/// type, an id or a numeric version (a base URL with its host, a query's search values, a
+/// version id that is text) does not survive.
 pub fn rewrite_reference(key: &DeidKey, reference: &str) -> String {
-    if reference.starts_with('#') {
-        return reference.to_string();
+    if let Some(local) = reference.strip_prefix('#') {
+        if local.is_empty() {
+            return reference.to_string();
+        }
+        let mut out = String::with_capacity(1 + PSEUDONYM_HEX);
+        out.push('#');
+        out.push_str(&pseudo_local_id(key, local));
+        return out;
     }
     if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
         // 8-4-4-4-12 hex digits: the first 16 bytes of the hash in groups of 4, 2, 2, 2, 6.
@@ -102,18 +148,24 @@ pub fn rewrite_reference(key: &DeidKey, reference: &str) -> String {
         }
         return out;
     }
-    if let Some((resource_type, query)) = reference.split_once('?') {
-        return format!("{resource_type}?{}", rewrite_query(key, query));
+    if let Some((before, query)) = reference.split_once('?') {
+        // `[base/]Type?query`: the base (a host) goes, the type stays when it is one.
+        let resource_type = before.rsplit('/').next().unwrap_or(before);
+        if fhirlake_is_resource_type(resource_type) {
+            return format!("{resource_type}?{}", rewrite_query(key, query));
+        }
+        return pseudo_text(key, reference);
+    }
+    if fhirlake_is_resource_type(reference) {
+        // A Bundle `request.url` of a create: `Patient`.
+        return reference.to_string();
     }
     // `[base/]Type/id[/_history/vid]`: the last Type/id pair (no allocation but the result).
-    // A `/_history/` with no `/` after it ends just before the last `/`.
-    let history_at = reference
-        .rfind('/')
-        .and_then(|last| reference[..last].strip_suffix("/_history").map(str::len))
-        .filter(|&i| i > 0);
-    let (body, history) = match history_at {
-        Some(i) => (&reference[..i], &reference[i..]),
-        None => (reference, ""),
+    let (body, history) = split_history(reference);
+    // A version id is kept when it is a number (a server's counter); text could be anything.
+    let history = match history.strip_prefix("/_history/") {
+        Some(vid) if !vid.is_empty() && vid.bytes().all(|b| b.is_ascii_digit()) => history,
+        _ => "",
     };
     if let Some((before, id)) = body.rsplit_once('/') {
         let ty = before.rsplit('/').next().unwrap_or(before);
@@ -144,8 +196,12 @@ fn rewrite_query(key: &DeidKey, query: &str) -> String {
             Some(("identifier", value)) => {
                 let value = percent_decode(value);
                 match value.split_once('|') {
-                    Some((system, v)) => {
+                    Some((system, v)) if crate::vocabulary::is_known_system(system) => {
                         format!("identifier={system}|{}", pseudo_identifier(key, system, v))
+                    }
+                    // A hospital's own system names the hospital: only the value's pseudonym.
+                    Some((system, v)) => {
+                        format!("identifier={}", pseudo_identifier(key, system, v))
                     }
                     None => format!("identifier={}", pseudo_identifier(key, "", &value)),
                 }
@@ -253,7 +309,41 @@ mod tests {
             rewrite_reference(&k, "Patient/123/_history/4"),
             format!("Patient/{p}/_history/4")
         );
-        assert_eq!(rewrite_reference(&k, "#med1"), "#med1");
+        assert_eq!(
+            rewrite_reference(&k, "#med1"),
+            format!("#{}", pseudo_local_id(&k, "med1"))
+        );
+        assert_eq!(rewrite_reference(&k, "#"), "#");
+        // Text version ids and the hosts of conditional references do not survive.
+        assert_eq!(
+            rewrite_reference(&k, "Patient/123/_history/jsmith-edit"),
+            format!("Patient/{p}")
+        );
+        let c = rewrite_reference(&k, "https://ehr.stmarys.example/fhir/Patient?name=Smith");
+        assert!(
+            c.starts_with("Patient?") && !c.contains("stmarys") && !c.contains("Smith"),
+            "{c}"
+        );
+        let c = rewrite_reference(
+            &k,
+            "Patient?identifier=https://ehr.stmarys.example/mrn|mrn-jsmith",
+        );
+        assert!(!c.contains("stmarys") && !c.contains("jsmith"), "{c}");
+        assert_eq!(rewrite_reference(&k, "Patient"), "Patient");
+        let c = rewrite_reference(&k, "Jsmith?x=1");
+        assert!(!c.contains("Jsmith"), "{c}");
+        // The compartment of every form is the same patient.
+        for r in [
+            "Patient/123",
+            "Patient/123/_history/2",
+            "https://ehr.example.org/fhir/Patient/123",
+            "https://ehr.example.org/fhir/Patient/123/_history/2",
+        ] {
+            assert_eq!(patient_in_reference(r), Some("123"), "{r}");
+        }
+        assert_eq!(patient_in_reference("urn:uuid:abc"), Some("abc"));
+        assert_eq!(patient_in_reference("Patient?identifier=x|1"), None);
+        assert_eq!(patient_in_reference("Group/123"), None);
         let npi = "9999993494";
         let r = rewrite_reference(
             &k,

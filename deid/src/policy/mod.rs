@@ -114,6 +114,9 @@ pub struct Defaults {
     pub date_shift_days: u32,
     /// ZIP3 prefixes generalized to `000`.
     pub restricted_zip3: Vec<String>,
+    /// `date_shift` of a date more than 89 years before today: `Redact` removes it (Safe Harbor:
+    /// a date that old is indicative of an age over 89), `Keep` shifts it like any other.
+    pub dates_over_89: Fallback,
 }
 
 impl Default for Defaults {
@@ -126,6 +129,7 @@ impl Default for Defaults {
             unknown_elements: Fallback::Keep,
             date_shift_days: 180,
             restricted_zip3: RESTRICTED_ZIP3.iter().map(|s| s.to_string()).collect(),
+            dates_over_89: Fallback::Keep,
         }
     }
 }
@@ -186,6 +190,16 @@ pub enum Method {
     Perturb(Perturb),
     /// Replace PHI spans in free text.
     Scrub,
+    /// Let an extension through the extensions allow-list without governing what is inside it:
+    /// its `url`, sub-extensions and value follow the other rules and the defaults. (`keep` on an
+    /// extension keeps its whole subtree, sub-extensions and free-text values included.)
+    Allow,
+    /// Text that terminology can vouch for: a `Coding.display`, `CodeableConcept.text` or
+    /// `Quantity.unit` is kept when it is a known display (unit) of its own code, replaced by the
+    /// code's canonical display when the code is known, removed otherwise; a system URI is kept
+    /// when it is a known code or identifier system (`crate::vocabulary`), a `Reference.type`
+    /// when it is a resource type; anything else is removed.
+    Terminology,
 }
 
 /// Method names, in the order counts are reported.
@@ -199,7 +213,13 @@ pub const METHOD_NAMES: &[&str] = &[
     "substitute",
     "perturb",
     "scrub",
+    "allow",
+    "terminology",
 ];
+
+/// Number of methods ([`METHOD_NAMES`]`.len()`).
+pub const METHOD_COUNT: usize = 11;
+const _: () = assert!(METHOD_NAMES.len() == METHOD_COUNT);
 
 impl Method {
     /// The name used in policy files.
@@ -219,6 +239,8 @@ impl Method {
             Method::Substitute(_) => 6,
             Method::Perturb(_) => 7,
             Method::Scrub => 8,
+            Method::Allow => 9,
+            Method::Terminology => 10,
         }
     }
 }

@@ -34,6 +34,7 @@ struct RawDefaults {
     unknown_elements: Option<Spanned<String>>,
     date_shift_days: Option<Spanned<i64>>,
     restricted_zip3: Option<Spanned<Vec<String>>>,
+    dates_over_89: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +149,7 @@ fn defaults(ctx: &Ctx<'_>, raw: &RawDefaults) -> Result<Defaults, PolicyError> {
         unknown_elements: fallback(ctx, &raw.unknown_elements, &[Keep, Redact], Keep)?,
         date_shift_days: days,
         restricted_zip3,
+        dates_over_89: fallback(ctx, &raw.dates_over_89, &[Keep, Redact], Keep)?,
     })
 }
 
@@ -209,6 +211,8 @@ fn method(
         "encrypt" => Method::Encrypt,
         "date_shift" => Method::DateShift,
         "scrub" => Method::Scrub,
+        "allow" => Method::Allow,
+        "terminology" => Method::Terminology,
         "substitute" => {
             allow(&["replace_with"])?;
             let value = table
@@ -324,6 +328,8 @@ fn method(
             | Method::Encrypt
             | Method::DateShift
             | Method::Scrub
+            | Method::Allow
+            | Method::Terminology
     ) {
         allow(&[])?;
     }
