@@ -360,3 +360,149 @@ fn risk_report_on_the_lake_prints_counts_not_values() {
     assert_eq!(report["patients"], 100);
     assert_eq!(report["k"], 2);
 }
+
+#[test]
+fn policy_coverage_names_rules_flags_defaults_and_needs_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // A policy of the test's own: the built-in profiles change, this does not.
+    std::fs::write(
+        dir.path().join("mine.toml"),
+        "name = \"mine\"\n\n[defaults]\nelements = \"keep\"\nfree_text = \"redact\"\n\
+         extensions = \"redact\"\nmodifier_extensions = \"drop_resource\"\n\n\
+         [[rules]]\npath = \"Resource.id\"\nmethod = \"pseudonymize\"\n\n\
+         [[rules]]\npath = \"nodesByType('HumanName')\"\nmethod = \"redact\"\n",
+    )
+    .unwrap();
+    let shown = run(fhirlake(dir.path()).args([
+        "deid",
+        "policy",
+        "show",
+        "--coverage",
+        "mine.toml",
+        "--type",
+        "Patient,Observation",
+    ]));
+    assert_code(&shown, 0);
+    let out = text(&shown.stdout);
+    let line = |path: &str| -> String {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(path))
+            .unwrap_or_else(|| panic!("no line for {path}:\n{out}"))
+            .to_string()
+    };
+    let family = line("Patient.name.family");
+    assert!(
+        family.contains("removed") && family.contains("#2 nodesByType('HumanName') (redact)"),
+        "{family}"
+    );
+    assert!(!family.contains("DEFAULT"), "{family}");
+    let id = line("Patient.id");
+    assert!(
+        id.contains("changed") && id.contains("#1 Resource.id (pseudonymize)"),
+        "{id}"
+    );
+    let gender = line("Patient.gender");
+    assert!(
+        gender.contains("kept")
+            && gender.contains("DEFAULT")
+            && gender.contains("default (elements)"),
+        "{gender}"
+    );
+    assert!(line("Observation.status").contains("DEFAULT"));
+    assert!(line("Patient.modifierExtension").contains("resource dropped"));
+    let summary = out.lines().last().unwrap();
+    assert!(
+        summary.contains("element paths:") && summary.contains("decided by a default"),
+        "{summary}"
+    );
+    assert!(!out.contains("zqx"), "the report prints no values");
+
+    // JSON, and a built-in profile: every row names a rule or is flagged as a default.
+    let json = run(fhirlake(dir.path()).args([
+        "deid",
+        "policy",
+        "show",
+        "--coverage",
+        "safe-harbor",
+        "--type",
+        "Patient",
+        "--format",
+        "json",
+    ]));
+    assert_code(&json, 0);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["policy"], "safe-harbor");
+    assert_eq!(report["resource_types"], serde_json::json!(["Patient"]));
+    let rows = report["rows"].as_array().unwrap();
+    assert!(rows.len() > 100, "{}", rows.len());
+    for row in rows {
+        assert_eq!(row["default"], row["rule"].is_null(), "{row}");
+        assert!(
+            row["path"].as_str().unwrap().starts_with("Patient"),
+            "{row}"
+        );
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r["path"] == "Patient.id" && r["method"] == "pseudonymize"),
+        "Patient.id"
+    );
+    assert_eq!(
+        report["summary"]["paths"].as_u64().unwrap() as usize,
+        rows.iter()
+            .map(|r| r["path"].as_str().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+
+    // Arguments are checked before the policy is read.
+    let bad = run(fhirlake(dir.path()).args([
+        "deid",
+        "policy",
+        "show",
+        "--coverage",
+        "missing.toml",
+        "--type",
+        "patient",
+    ]));
+    assert_code(&bad, 2);
+    let stderr = text(&bad.stderr);
+    assert!(
+        stderr.contains("--type patient") && !stderr.contains("missing.toml"),
+        "{stderr}"
+    );
+    let no_coverage =
+        run(fhirlake(dir.path()).args(["deid", "policy", "show", "--type", "Patient"]));
+    assert_code(&no_coverage, 2);
+
+    // `deid explain` labels its lines with the same element paths: a contained resource's type,
+    // the extensions the policy names.
+    std::fs::write(
+        dir.path().join("one.ndjson"),
+        concat!(
+            r#"{"resourceType":"Patient","id":"p1","gender":"female","#,
+            r#""contained":[{"resourceType":"Organization","id":"o1","name":"Acme Clinic"}],"#,
+            r#""extension":[{"url":"http://hl7.org/fhir/us/core/StructureDefinition/us-core-race","#,
+            r#""extension":[{"url":"text","valueString":"Jane's own words"}]}],"#,
+            r#""name":[{"family":"Doe"}]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let explain = run(with_key(dir.path(), KEY).args(["deid", "explain", "one.ndjson"]));
+    assert_code(&explain, 0);
+    let out = text(&explain.stdout);
+    assert!(
+        out.contains("Patient.contained.ofType(Organization).name"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "Patient.extension('http://hl7.org/fhir/us/core/StructureDefinition/us-core-race')"
+        ),
+        "{out}"
+    );
+    for value in ["Acme", "Jane", "Doe"] {
+        assert!(!out.contains(value), "explain printed a value: {value}");
+    }
+}
