@@ -893,45 +893,52 @@ struct Pass2<'a, 'e> {
 impl Pass2<'_, '_> {
     fn entry(&mut self, index: u64, line: u64, entry: Value) -> bool {
         let entry_path = format!("Bundle.entry[{index}]");
-        let reject = |path: String, reason: &str| SourceItem::Reject {
+        // A rejected entry is kept as its JSON text (the file's own bytes are not at hand once
+        // the entry is parsed), for the caller to store with the other rejected input.
+        let reject = |path: String, reason: &str, entry: &Value| SourceItem::Reject {
             pos: ItemPosition::new(self.file, line, Some(path)),
             reason: reason.into(),
-            raw: None,
+            raw: serde_json::to_vec(entry).ok(),
         };
-        let item = match entry {
-            Value::Object(mut entry) => match delete_request(entry.get("request")) {
-                Some(Ok((resource_type, id))) => SourceItem::Delete {
-                    pos: ItemPosition::new(self.file, line, Some(entry_path)),
-                    resource_type,
-                    id,
-                },
-                Some(Err(reason)) => reject(entry_path, reason),
-                None => match entry.remove("resource") {
-                    Some(Value::Object(resource)) => {
-                        let mut resource = Value::Object(resource);
-                        if !self.refs.is_empty() {
-                            rewrite_references(&mut resource, self.refs);
-                        }
-                        SourceItem::Resource {
-                            pos: ItemPosition::new(
-                                self.file,
-                                line,
-                                Some(format!("{entry_path}.resource")),
-                            ),
-                            resource,
-                        }
+        let Value::Object(mut object) = entry else {
+            return (self.emit)(reject(entry_path, "entry is not a JSON object", &entry));
+        };
+        let item = match delete_request(object.get("request")) {
+            Some(Ok((resource_type, id))) => SourceItem::Delete {
+                pos: ItemPosition::new(self.file, line, Some(entry_path)),
+                resource_type,
+                id,
+            },
+            Some(Err(reason)) => reject(entry_path, reason, &Value::Object(object)),
+            None => match object.remove("resource") {
+                Some(Value::Object(resource)) => {
+                    let mut resource = Value::Object(resource);
+                    if !self.refs.is_empty() {
+                        rewrite_references(&mut resource, self.refs);
                     }
-                    Some(_) => reject(
+                    SourceItem::Resource {
+                        pos: ItemPosition::new(
+                            self.file,
+                            line,
+                            Some(format!("{entry_path}.resource")),
+                        ),
+                        resource,
+                    }
+                }
+                Some(other) => {
+                    object.insert("resource".into(), other);
+                    reject(
                         format!("{entry_path}.resource"),
                         "resource is not a JSON object",
-                    ),
-                    None => reject(
-                        entry_path,
-                        "entry has neither a resource nor a DELETE request",
-                    ),
-                },
+                        &Value::Object(object),
+                    )
+                }
+                None => reject(
+                    entry_path,
+                    "entry has neither a resource nor a DELETE request",
+                    &Value::Object(object),
+                ),
             },
-            _ => reject(entry_path, "entry is not a JSON object"),
         };
         (self.emit)(item)
     }

@@ -9,7 +9,9 @@
 //!    commits only when the feed says every file was sent (a failed pull commits nothing);
 //! 4. commits each resource type with one Delta MERGE ([`merge`]);
 //! 5. brings every view up to date (`crate::views`, one commit per changed view);
-//! 6. records the run in `lake.runs` — last, so a killed run is never recorded as finished.
+//! 6. records the run in `lake.runs` — last, so a killed run is never recorded as finished. The
+//!    files read are recorded by digest and counts, never by name or path (names can identify
+//!    patients), and every column is taken from de-identified data.
 
 pub mod merge;
 pub mod observer;
@@ -101,7 +103,8 @@ pub struct Ingest {
 impl std::fmt::Debug for Ingest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ingest")
-            .field("sources", &self.sources)
+            // Counted, not listed: source names can identify patients.
+            .field("sources", &self.sources.len())
             .field("lake", &self.lake.url().as_str())
             .field("landing", &self.landing)
             .field("policy", &self.deid.policy_name())
@@ -128,8 +131,8 @@ impl Ingest {
         }
     }
 
-    /// Reads the files of `feed` as they arrive instead of planning `sources` (which are then only
-    /// recorded in `lake.runs`).
+    /// Reads the files of `feed` as they arrive instead of planning `sources` (which are then not
+    /// used).
     pub fn with_feed(mut self, feed: FileFeed) -> Self {
         self.feed = Some(feed);
         self
@@ -185,6 +188,7 @@ impl Ingest {
         self.lake.ensure_exists()?;
         let _lock = self.lake.lock()?;
         self.lake.check_stamp(&stamp).await?;
+        self.lake.restrict_statistics().await?;
 
         // The files to read: all planned now, or arriving through the feed.
         let (files, complete, problems, planned) = match self.feed.take() {
@@ -327,7 +331,10 @@ impl Ingest {
             started_at,
             finished_at: Utc::now(),
             status: status.as_str().to_string(),
-            sources: self.sources.clone(),
+            sources: std::mem::take(&mut staged.files)
+                .into_iter()
+                .map(|(_, file)| file)
+                .collect(),
             policy_name: self.deid.policy_name().to_string(),
             stamp,
             deid: self.deid.stats().unwrap_or_default(),

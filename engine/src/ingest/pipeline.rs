@@ -11,8 +11,8 @@
 //! source order, however the threads interleave and in whichever order the files arrive.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
@@ -24,7 +24,7 @@ use super::rejects::RejectWriter;
 use super::staging::{StagedType, Staging};
 use super::validate::{FileContext, Processed, Reject, process};
 use crate::Result;
-use crate::lake::runs::TypeCounts;
+use crate::lake::runs::{SourceFileRecord, TypeCounts};
 
 /// Type key for rejects whose resource type is unknown.
 pub const UNKNOWN_TYPE: &str = "(unknown)";
@@ -50,6 +50,8 @@ pub struct StageOutcome {
     pub counts: BTreeMap<String, TypeCounts>,
     /// Input bytes (decompressed) read.
     pub bytes: u64,
+    /// The files read with their place in the source order, by digest (never by name).
+    pub files: Vec<(usize, SourceFileRecord)>,
 }
 
 /// Runs readers, workers and the sink until every file is read: until `files` is closed (all its
@@ -67,14 +69,15 @@ pub fn run(
     let (work_tx, work_rx) = bounded::<WorkBatch>(workers * 2);
     let (out_tx, out_rx) = bounded::<Vec<Processed>>(workers * 2);
     let cancel = AtomicBool::new(false);
+    let read = Mutex::new(Vec::new());
 
-    std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         for _ in 0..READERS {
             let work_tx = work_tx.clone();
-            let cancel = &cancel;
+            let (cancel, read) = (&cancel, &read);
             scope.spawn(move || {
                 let _runtime = runtime.enter();
-                read_files(files, &work_tx, cancel, observer);
+                read_files(files, &work_tx, cancel, observer, read);
             });
         }
         drop(work_tx);
@@ -91,7 +94,13 @@ pub fn run(
             drop(out_rx);
         }
         result
-    })
+    });
+    let mut outcome = result?;
+    outcome.files = read
+        .into_inner()
+        .map_err(|_| crate::Error::Internal("a reader thread panicked".into()))?;
+    outcome.files.sort_by_key(|(index, _)| *index);
+    Ok(outcome)
 }
 
 /// The next file, `None` when there are no more or the run was cancelled.
@@ -116,6 +125,7 @@ fn read_files(
     work_tx: &Sender<WorkBatch>,
     cancel: &AtomicBool,
     observer: &dyn IngestObserver,
+    read: &Mutex<Vec<(usize, SourceFileRecord)>>,
 ) {
     while let Some((index, file)) = next_file(files, cancel) {
         let file = &file;
@@ -172,7 +182,18 @@ fn read_files(
             return;
         }
         let stats = result.unwrap_or_default();
-        observer.file_done(&file.location.to_string(), stats.lines, stats.bytes);
+        let location = file.location.to_string();
+        if let Ok(mut read) = read.lock() {
+            read.push((
+                index,
+                SourceFileRecord {
+                    digest: SourceFileRecord::digest_of(&location),
+                    lines: stats.lines,
+                    bytes: stats.bytes,
+                },
+            ));
+        }
+        observer.file_done(&location, stats.lines, stats.bytes);
         if let Some(expected) = file.expected_count
             && expected != stats.lines
         {

@@ -1,7 +1,9 @@
 //! The rejected-lines file: `<landing>/rejected/<run_id>.ndjson`, one JSON object per rejected
 //! line or entry: `run_id`, `file`, `line`, `path`, `reason`, and the original line (`original`
-//! when it is UTF-8 text, `original_base64` otherwise). The landing zone may hold PHI; this file is
-//! where bad input is kept so that nothing is lost, and it is never written into the lake.
+//! when it is UTF-8 text, `original_base64` otherwise). A rejected Bundle entry is kept as the
+//! JSON text of the entry (or of its resource, as read, when the resource itself was rejected).
+//! The landing zone may hold PHI; this file is where bad input is kept so that nothing is lost,
+//! and it is never written into the lake.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

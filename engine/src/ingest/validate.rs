@@ -1,7 +1,8 @@
 //! Turns one source item into a lake row: parse, validate, de-identify, extract the row columns.
 //!
-//! Runs on the worker pool, once per resource. Reasons name JSON paths and type names, never
-//! values: they are printed, logged and stored next to the original line in the landing zone.
+//! Runs on the worker pool, once per resource. Reasons name JSON paths and R4 type names, never
+//! values, unknown type names or unknown keys: they are printed, logged and stored next to the
+//! original line in the landing zone. Every row column is read from the de-identified resource.
 
 use std::sync::Arc;
 
@@ -36,7 +37,8 @@ pub struct Row {
     pub id: String,
     /// Patient compartment id after de-identification.
     pub patient_id: Option<String>,
-    /// `meta.lastUpdated` in microseconds since the epoch.
+    /// `meta.lastUpdated` of the de-identified resource (the value inside `resource`), in
+    /// microseconds since the epoch.
     pub last_updated: Option<i64>,
     /// De-identified resource JSON.
     pub resource: String,
@@ -106,7 +108,10 @@ pub fn process(
             }
         }
         SourceItem::Resource { pos, resource } => {
-            resource_to_row(resource, pos, seq, file, deid, 0, None)
+            // A Bundle entry has no line of its own: its resource as read is what a reject keeps
+            // in the landing zone. Taken before de-identification changes it.
+            let original = serde_json::to_vec(&resource).ok();
+            resource_to_row(resource, pos, seq, file, deid, 0, original)
         }
         SourceItem::Delete {
             pos,
@@ -118,10 +123,7 @@ pub fn process(
                     pos,
                     None,
                     Some("request.url".into()),
-                    format!(
-                        "delete of unknown resource type{}",
-                        type_hint(&resource_type)
-                    ),
+                    "delete of an unknown resource type (not an R4 resource type)".into(),
                     None,
                 );
             }
@@ -186,12 +188,12 @@ fn resource_to_row(
     };
     let resource_type = match object.get("resourceType") {
         Some(Value::String(t)) if fhir::is_resource_type(t) => t.clone(),
-        Some(Value::String(t)) => {
+        Some(Value::String(_)) => {
             return reject(
                 pos,
                 None,
                 Some(at("resourceType")),
-                format!("unknown resourceType{}", type_hint(t)),
+                "unknown resourceType (not an R4 resource type)".into(),
                 raw,
             );
         }
@@ -221,9 +223,16 @@ fn resource_to_row(
             pos,
             Some(resource_type.clone()),
             Some(at("resourceType")),
-            format!(
-                "resourceType {resource_type} does not match the manifest entry type {expected}"
-            ),
+            if fhir::is_resource_type(expected) {
+                format!(
+                    "resourceType {resource_type} does not match the manifest entry type {expected}"
+                )
+            } else {
+                format!(
+                    "resourceType {resource_type} does not match the manifest entry type \
+                     (not an R4 resource type)"
+                )
+            },
             raw,
         );
     }
@@ -257,10 +266,13 @@ fn resource_to_row(
             );
         }
     }
-    let last_updated = match object.get("meta").and_then(|m| m.get("lastUpdated")) {
-        None | Some(Value::Null) => None,
+    // The original `meta.lastUpdated` is only checked here; the column is read from the
+    // de-identified resource below, so that it carries the same (shifted) instant as the
+    // `resource` text: the original next to the shifted copy would give away the date shift.
+    match object.get("meta").and_then(|m| m.get("lastUpdated")) {
+        None | Some(Value::Null) => {}
         Some(Value::String(instant)) => match chrono::DateTime::parse_from_rfc3339(instant) {
-            Ok(t) => Some(t.timestamp_micros()),
+            Ok(_) => {}
             Err(_) => {
                 return reject(
                     pos,
@@ -280,7 +292,7 @@ fn resource_to_row(
                 raw,
             );
         }
-    };
+    }
 
     match deid.deidentify(&mut value) {
         Ok(Disposition::Keep) => {}
@@ -314,6 +326,7 @@ fn resource_to_row(
         );
     };
     let patient_id = patient_compartment(&resource_type, &id, &value);
+    let last_updated = deidentified_last_updated(&value);
     let resource = match serde_json::to_string(&value) {
         Ok(s) => s,
         Err(e) => {
@@ -339,6 +352,15 @@ fn resource_to_row(
         resource,
         seq,
     })
+}
+
+/// `meta.lastUpdated` of the resource as it is stored (after de-identification) in microseconds
+/// since the epoch; `None` when the policy removed it or left something that is not an instant.
+fn deidentified_last_updated(resource: &Value) -> Option<i64> {
+    let instant = resource.get("meta")?.get("lastUpdated")?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(instant)
+        .ok()
+        .map(|t| t.timestamp_micros())
 }
 
 /// The patient a resource belongs to: the Patient itself, else the first of `subject`, `patient`,
@@ -367,15 +389,6 @@ fn patient_from_reference(reference: &str) -> Option<&str> {
     match fhir::parse_type_id(reference)? {
         ("Patient", id) => Some(id),
         _ => None,
-    }
-}
-
-/// Names a type in a message only if it looks like a type name (never echo arbitrary text).
-fn type_hint(t: &str) -> String {
-    if !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        format!(" `{t}`")
-    } else {
-        String::new()
     }
 }
 
@@ -442,9 +455,52 @@ mod tests {
         assert_eq!(row.last_updated, Some(1_704_164_645_000_000));
     }
 
+    /// Moves `meta.lastUpdated` one day back, as a policy's date shift would.
+    #[derive(Debug)]
+    struct ShiftLastUpdated;
+
+    impl Deidentifier for ShiftLastUpdated {
+        fn policy_name(&self) -> &str {
+            "shift-test"
+        }
+        fn policy_hash(&self) -> String {
+            "test".into()
+        }
+        fn key_id(&self) -> String {
+            "test".into()
+        }
+        fn removes_identifiers(&self) -> bool {
+            true
+        }
+        fn deidentify(&self, resource: &mut Value) -> fhirlake_deid::Result<Disposition> {
+            if let Some(meta) = resource.get_mut("meta") {
+                meta["lastUpdated"] = Value::from("2024-01-01T03:04:05Z");
+            }
+            Ok(Disposition::Keep)
+        }
+        fn lake_id(&self, _resource_type: &str, id: &str) -> String {
+            id.to_string()
+        }
+    }
+
+    #[test]
+    fn last_updated_column_is_the_deidentified_instant() {
+        let file = FileContext {
+            expected_type: None,
+        };
+        let text =
+            r#"{"resourceType":"Patient","id":"p1","meta":{"lastUpdated":"2024-01-02T03:04:05Z"}}"#;
+        let Processed::Row(row) = process(line(text), 1, &file, &ShiftLastUpdated) else {
+            panic!("expected a row")
+        };
+        assert!(row.resource.contains("2024-01-01T03:04:05Z"));
+        assert_eq!(row.last_updated, Some(1_704_078_245_000_000));
+    }
+
     #[test]
     fn rejects_without_echoing_values() {
         let secret = "Jane-Doe-555";
+        let typed_secret = "JaneDoe555";
         for (text, expect) in [
             (
                 format!(r#"{{"resourceType":"Patient","id":"{secret}""#),
@@ -454,6 +510,10 @@ mod tests {
             (format!(r#"{{"id":"{secret}"}}"#), "missing resourceType"),
             (
                 format!(r#"{{"resourceType":"Pat ient {secret}","id":"x"}}"#),
+                "unknown resourceType",
+            ),
+            (
+                r#"{"resourceType":"JaneDoe555","id":"x"}"#.to_string(),
                 "unknown resourceType",
             ),
             (
@@ -474,6 +534,7 @@ mod tests {
             let why = reason(run(&text));
             assert!(why.contains(expect), "{why} should contain {expect}");
             assert!(!why.contains(secret), "reason leaks a value: {why}");
+            assert!(!why.contains(typed_secret), "reason echoes a type: {why}");
         }
     }
 
@@ -511,6 +572,18 @@ mod tests {
             &Passthrough,
         );
         assert!(reason(p).contains("does not match the manifest"));
+        // A manifest type that is no R4 type (it could be any text) is not repeated.
+        let file = FileContext {
+            expected_type: Some(Arc::from("JaneDoe555")),
+        };
+        let p = process(
+            line(r#"{"resourceType":"Patient","id":"p"}"#),
+            1,
+            &file,
+            &Passthrough,
+        );
+        let why = reason(p);
+        assert!(why.contains("does not match the manifest") && !why.contains("JaneDoe555"));
     }
 
     #[test]

@@ -38,6 +38,44 @@ pub const PROP_POLICY_HASH: &str = "fhirlake.deid.policyHash";
 /// Table property: whether identifiers were removed (`false` only for `--unsafe-no-deid` lakes).
 pub const PROP_DEIDENTIFIED: &str = "fhirlake.deid.applied";
 
+/// Delta table property naming the columns that get min/max statistics in the log.
+pub const PROP_STATS_COLUMNS: &str = "delta.dataSkippingStatsColumns";
+/// Delta table property: how many leading columns get statistics (used when none is safe).
+pub const PROP_STATS_NUM_COLUMNS: &str = "delta.dataSkippingNumIndexedCols";
+
+/// Columns whose values may be copied into the Delta log as file statistics (min/max in each
+/// `add` action): keys (pseudonyms once de-identified), run ids and instants that are either
+/// de-identified (`last_updated`, read from the de-identified resource) or the run's own clock.
+/// Every other column (`resource` JSON text, view columns with values taken from resources, view
+/// definitions) gets no statistics, so the log holds no resource values: what the log holds is
+/// copied into every later checkpoint and outlives the data files a purge rewrites.
+pub const STATS_SAFE_COLUMNS: [&str; 7] = [
+    "id",
+    "patient_id",
+    "last_updated",
+    "run_id",
+    "_resource_id",
+    "started_at",
+    "finished_at",
+];
+
+/// The table properties that keep a table's Delta statistics to [`STATS_SAFE_COLUMNS`]: the
+/// safe ones among the table's top-level `columns`, or no statistics at all when it has none (a column count of 0:
+/// an empty column list is not a valid `dataSkippingStatsColumns`).
+pub fn statistics_properties<'a>(
+    columns: impl IntoIterator<Item = &'a str>,
+) -> Vec<(String, String)> {
+    let safe: Vec<&str> = columns
+        .into_iter()
+        .filter(|name| STATS_SAFE_COLUMNS.contains(name))
+        .collect();
+    if safe.is_empty() {
+        vec![(PROP_STATS_NUM_COLUMNS.to_string(), "0".to_string())]
+    } else {
+        vec![(PROP_STATS_COLUMNS.to_string(), safe.join(","))]
+    }
+}
+
 /// The de-identification facts stamped on every table a run creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeidStamp {
@@ -162,12 +200,15 @@ impl Lake {
                 })?;
         let table = self.builder(id)?.build().map_err(|e| Error::delta(id, e))?;
         let configuration: HashMap<String, Option<String>> = [
-            (PROP_KEY_ID, stamp.key_id.clone()),
-            (PROP_POLICY_HASH, stamp.policy_hash.clone()),
-            (PROP_DEIDENTIFIED, stamp.deidentified.to_string()),
+            (PROP_KEY_ID.to_string(), stamp.key_id.clone()),
+            (PROP_POLICY_HASH.to_string(), stamp.policy_hash.clone()),
+            (PROP_DEIDENTIFIED.to_string(), stamp.deidentified.to_string()),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), Some(v)))
+        .chain(statistics_properties(
+            schema.fields().iter().map(|f| f.name().as_str()),
+        ))
+        .map(|(k, v)| (k, Some(v)))
         .collect();
         let created = table
             .create()
@@ -291,6 +332,33 @@ impl Lake {
             tables,
             vec![self.store_registration()],
         )?)
+    }
+
+    /// Gives every table written before statistics were restricted the properties of
+    /// [`statistics_properties`] (one commit per such table), so that the files a run adds from
+    /// now on carry no statistics of resource values. The statistics already in older log
+    /// entries stay until those versions are purged.
+    pub async fn restrict_statistics(&self) -> Result<()> {
+        for (id, table) in self.load_all().await? {
+            let snapshot = table.snapshot().map_err(|e| Error::delta(&id, e))?;
+            let configuration = snapshot.metadata().configuration();
+            if configuration.contains_key(PROP_STATS_COLUMNS)
+                || configuration.contains_key(PROP_STATS_NUM_COLUMNS)
+            {
+                continue;
+            }
+            let schema = snapshot.schema();
+            let properties: HashMap<String, String> =
+                statistics_properties(schema.fields().map(|f| f.name().as_str()))
+                    .into_iter()
+                    .collect();
+            table
+                .set_tbl_properties()
+                .with_properties(properties)
+                .await
+                .map_err(|e| Error::delta(&id, e))?;
+        }
+        Ok(())
     }
 
     /// Refuses a run whose de-identification stamp differs from any existing table's.

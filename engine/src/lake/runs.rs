@@ -1,4 +1,4 @@
-//! `lake.runs`: one row per finished ingest run — sources, times, counts per type, policy, key id
+//! `lake.runs`: one row per finished ingest run — source file digests, times, counts per type, policy, key id
 //! and the Delta versions the run wrote. A run is recorded only after all its table commits, so a
 //! killed or failed run is never recorded as finished.
 
@@ -13,7 +13,9 @@ use arrow::datatypes::DataType;
 use chrono::{DateTime, Utc};
 use deltalake::protocol::SaveMode;
 
-use super::schema::{RUNS_SCHEMA, rule_hit_fields, table_version_fields, type_counts_fields};
+use super::schema::{
+    RUNS_SCHEMA, rule_hit_fields, source_file_fields, table_version_fields, type_counts_fields,
+};
 use super::{DeidStamp, Lake, TableId};
 use crate::{Error, Result};
 
@@ -79,8 +81,9 @@ pub struct RunRecord {
     pub finished_at: DateTime<Utc>,
     /// `succeeded` or `succeeded_with_rejects`.
     pub status: String,
-    /// Sources as given on the command line.
-    pub sources: Vec<String>,
+    /// The files the run read, in source order, each by digest (never by name: see
+    /// [`SourceFileRecord::digest`]).
+    pub sources: Vec<SourceFileRecord>,
     /// Policy name.
     pub policy_name: String,
     /// The de-identification stamp of the run.
@@ -95,6 +98,35 @@ pub struct RunRecord {
     pub landing: Option<String>,
     /// The Bulk Data export the run ingested (`fhirlake ingest --bulk`, `fhirlake sync`).
     pub export: Option<ExportRecord>,
+}
+
+/// One file a run read, as `lake.runs` records it: a digest and counts, no name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFileRecord {
+    /// `blake3:` and the first 16 hex digits of the BLAKE3 hash of the file's location text
+    /// (see [`SourceFileRecord::digest_of`]).
+    pub digest: String,
+    /// Lines (NDJSON) or Bundle entries read.
+    pub lines: u64,
+    /// Bytes read (decompressed).
+    pub bytes: u64,
+}
+
+impl SourceFileRecord {
+    /// The digest of a file location (its path or URL, as the run shows it).
+    ///
+    /// File names and folders can identify a patient (Synthea names every file after its
+    /// patient, and so do many hand-made exports), so the lake keeps only this digest. It is the
+    /// digest of the location rather than of the file's bytes because it exists for every file,
+    /// also one that could not be read, costs no second pass over the data, and stays the same
+    /// when the same file is ingested again; a steward who has the files can recompute it
+    /// (`printf %s PATH | b3sum`). It is not a secret: someone who guesses a whole location can
+    /// confirm that it was ingested, which a long folder path or a random part in the name (the
+    /// UUID of Synthea's names) makes impractical.
+    pub fn digest_of(location: &str) -> String {
+        let hash = blake3::hash(location.as_bytes()).to_hex();
+        format!("blake3:{}", &hash[..16])
+    }
 }
 
 /// The Bulk Data export a run ingested: what `fhirlake sync` needs for the next incremental export.
@@ -133,9 +165,30 @@ impl RunRecord {
             arrow::datatypes::Field::new("element", DataType::Utf8, true),
         ));
         for source in &self.sources {
-            sources.values().append_value(source);
+            sources.values().append_value(&source.digest);
         }
         sources.append(true);
+
+        let file_fields = source_file_fields();
+        let mut files = ListBuilder::new(StructBuilder::from_fields(file_fields.clone(), 0))
+            .with_field(Arc::new(arrow::datatypes::Field::new(
+                "element",
+                DataType::Struct(file_fields),
+                true,
+            )));
+        for source in &self.sources {
+            let s = files.values();
+            s.field_builder::<StringBuilder>(0)
+                .ok_or_else(|| Error::Internal("runs.source_files builder".into()))?
+                .append_value(&source.digest);
+            for (i, n) in [source.lines, source.bytes].into_iter().enumerate() {
+                s.field_builder::<arrow::array::Int64Builder>(i + 1)
+                    .ok_or_else(|| Error::Internal("runs.source_files builder".into()))?
+                    .append_value(n as i64);
+            }
+            s.append(true);
+        }
+        files.append(true);
 
         let counts_fields = type_counts_fields();
         let mut counts = ListBuilder::new(StructBuilder::from_fields(counts_fields.clone(), 0))
@@ -224,6 +277,7 @@ impl RunRecord {
             optional(self.export.as_ref().map(|e| e.base_url.as_str())),
             optional(self.export.as_ref().map(|e| e.request.as_str())),
             optional(self.export.as_ref().map(|e| e.transaction_time.as_str())),
+            Arc::new(files.finish()),
         ];
         RecordBatch::try_new(RUNS_SCHEMA.clone(), columns).map_err(|e| Error::Staging {
             table: TableId::runs().to_string(),

@@ -39,6 +39,15 @@ pub fn table_version_fields() -> Fields {
     ])
 }
 
+/// The files a run read: digest (never the name) and counts.
+pub fn source_file_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("digest", DataType::Utf8, false),
+        Field::new("lines", DataType::Int64, false),
+        Field::new("bytes", DataType::Int64, false),
+    ])
+}
+
 /// De-identification rule hits per method.
 pub fn rule_hit_fields() -> Fields {
     Fields::from(vec![
@@ -61,6 +70,7 @@ pub static RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("started_at", timestamp_type(), false),
         Field::new("finished_at", timestamp_type(), false),
         Field::new("status", DataType::Utf8, false),
+        // One `blake3:` digest per file read (see `SourceFileRecord::digest_of`).
         Field::new(
             "sources",
             DataType::List(Arc::new(Field::new("element", DataType::Utf8, true))),
@@ -91,5 +101,8 @@ pub static RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("bulk_base_url", DataType::Utf8, true),
         Field::new("bulk_request", DataType::Utf8, true),
         Field::new("transaction_time", DataType::Utf8, true),
+        // Added with the source digests: from then on `sources` holds digests (rows written
+        // before hold the sources as given on the command line).
+        Field::new("source_files", list_of(source_file_fields()), true),
     ]))
 });
