@@ -154,6 +154,8 @@ fn corrupted_lines_are_reported_kept_and_counted() {
         !stderr.contains(secret) && !stdout.contains(secret),
         "PHI in output:\n{stderr}\n{stdout}"
     );
+    // An unknown resourceType is not repeated either (it is whatever the line says).
+    assert!(!stderr.contains("Patientt"), "{stderr}");
     for reason in [
         "malformed JSON",
         "not a JSON object",
