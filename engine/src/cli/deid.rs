@@ -89,6 +89,9 @@ pub enum DeidCommand {
     Risk(RiskArgs),
     /// Create a new random key file (mode 0600).
     Keygen(KeygenArgs),
+    /// After a policy fix: re-apply the policy to the lake and delete the older table versions
+    /// (irreversible; `--dry-run` counts first).
+    Purge(super::purge::PurgeArgs),
 }
 
 /// `fhirlake deid policy` subcommands.
@@ -220,6 +223,7 @@ pub async fn run(command: DeidCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DeidCommand::Risk(args) => risk_report(args).await,
+        DeidCommand::Purge(args) => super::purge::run(args).await,
         DeidCommand::Keygen(args) => {
             let key = DeidKey::create_file(&args.path)?;
             outln!(

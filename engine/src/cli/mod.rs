@@ -18,6 +18,7 @@ mod deid;
 mod ingest;
 mod progress;
 mod pull;
+mod purge;
 mod query;
 mod quickstart;
 mod serve;

@@ -6,6 +6,7 @@
 //! and the writer lock.
 
 mod lock;
+pub mod purge;
 pub mod runs;
 pub mod schema;
 mod store;
