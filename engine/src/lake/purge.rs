@@ -203,14 +203,12 @@ impl Purge {
         ]);
         let mut table_versions = BTreeMap::new();
         let mut counts = BTreeMap::new();
-        let mut resource_types = BTreeSet::new();
         for (id, table) in raw_tables {
             let scan = self.scan(&id, &table).await?;
             let resource_type = scan
                 .resource_type
                 .clone()
                 .unwrap_or_else(|| id.name.clone());
-            resource_types.insert(resource_type.clone());
             let removed = scan
                 .changes
                 .iter()
