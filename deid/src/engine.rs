@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::NaiveDate;
+use chrono::{Datelike as _, NaiveDate};
 use serde_json::{Map, Value};
 
 use crate::fhir_types;
@@ -107,6 +107,46 @@ pub struct PolicyEngine {
     id: u64,
     /// Resources are already de-identified (a purge re-applies a fixed policy to the lake).
     reapply: bool,
+    /// The JSON shape of every type of the table, by [`TypeId::index`] (see [`malformed`]).
+    shapes: Vec<Shape>,
+    /// What `terminology` and `generalize` read from an object of each type, by
+    /// [`TypeId::index`] (see [`Walk::object`]).
+    siblings: Vec<SiblingKind>,
+}
+
+/// Types whose children `terminology` and age generalization decide from their siblings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SiblingKind {
+    /// No such child.
+    None,
+    /// `Coding` (display) and `CodeableConcept` (text).
+    Coded,
+    /// `Quantity` and its kin (unit; the unit's length in years).
+    Quantity,
+}
+
+/// The JSON shape a FHIR type takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Complex types, backbone elements, resources, `Element` (`_x` parts): an object.
+    Object,
+    /// `boolean`.
+    Bool,
+    /// `decimal`, `integer`, `positiveInt`, `unsignedInt`.
+    Number,
+    /// Every other primitive: a string.
+    String,
+}
+
+impl Shape {
+    fn of(type_code: &str) -> Self {
+        match type_code {
+            "boolean" => Shape::Bool,
+            t if NUMBER_TYPES.contains(&t) => Shape::Number,
+            t if fhir_types::is_primitive(t) => Shape::String,
+            _ => Shape::Object,
+        }
+    }
 }
 
 /// The next [`PolicyEngine::id`].
@@ -279,6 +319,28 @@ impl PolicyEngine {
             all_rules,
             id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
             reapply: false,
+            shapes: {
+                let mut shapes = vec![Shape::Object; fhir_types::type_count()];
+                for ty in fhir_types::all_types() {
+                    if let Some(i) = fhir_types::type_id(ty).index() {
+                        shapes[i] = Shape::of(ty);
+                    }
+                }
+                shapes
+            },
+            siblings: {
+                let mut kinds = vec![SiblingKind::None; fhir_types::type_count()];
+                for ty in fhir_types::all_types() {
+                    if let Some(i) = fhir_types::type_id(ty).index() {
+                        kinds[i] = match ty {
+                            "Coding" | "CodeableConcept" => SiblingKind::Coded,
+                            t if is_quantity(t) => SiblingKind::Quantity,
+                            _ => SiblingKind::None,
+                        };
+                    }
+                }
+                kinds
+            },
         }
     }
 
@@ -539,7 +601,7 @@ impl<'e> Walk<'e> {
                 }
                 let rule = &self.rules()[i];
                 let (state, matched) = rule.selector.start_node(root);
-                if matched && first.is_none() && rule.method != Method::Allow {
+                if matched && first.is_none() && !matches!(rule.method, Method::Allow) {
                     first = Some(i);
                 }
                 let state = rule.selector.without_global_search(state);
@@ -659,11 +721,15 @@ impl<'e> Walk<'e> {
             None
         };
         let ms = self.engine.policy.ms.is_some();
-        let (text, years) = if ms {
+        let kind = match type_id.index().and_then(|i| self.engine.siblings.get(i)) {
+            Some(kind) if !ms => *kind,
+            _ => SiblingKind::None,
+        };
+        let (text, years) = if kind == SiblingKind::None {
             (None, None)
-        } else if ty == "Coding" || ty == "CodeableConcept" {
+        } else if kind == SiblingKind::Coded {
             (text_decision(ty, map), None)
-        } else if is_quantity(ty) {
+        } else {
             let (code, unit) = (map.get("code"), map.get("unit"));
             let unit = if code.is_none() && unit.is_none() {
                 // A quantity an age rule names, with no unit: an age in years (`onsetRange`).
@@ -674,8 +740,13 @@ impl<'e> Walk<'e> {
                     .or_else(|| unit.and_then(Value::as_str).and_then(years_per_unit))
             };
             (text_decision(ty, map), unit)
-        } else {
-            (None, None)
+        };
+        // The same for every child (built once: it is passed to every node).
+        let parent = Parent {
+            ty,
+            system: system.as_deref(),
+            text,
+            years_per_unit: years,
         };
         let mut removed_any = false;
         let mut changed = false;
@@ -732,13 +803,6 @@ impl<'e> Walk<'e> {
                 *value = Value::Array(vec![single]);
                 changed = true;
             }
-            let parent = Parent {
-                ty,
-                system: system.as_deref(),
-                known: child.is_some(),
-                text,
-                years_per_unit: years,
-            };
             if explaining {
                 self.path.push(key.clone());
             }
@@ -750,6 +814,7 @@ impl<'e> Walk<'e> {
                 match_ty,
                 match_type_id,
                 ext_part,
+                known: child.is_some(),
             };
             let outcome = match value {
                 Value::Array(items) => {
@@ -847,10 +912,14 @@ impl<'e> Walk<'e> {
             match_ty,
             match_type_id,
             ext_part,
+            known,
         } = slot;
         let rules = self.rules();
         let ms = self.engine.policy.ms.is_some();
-        if !ms && !ty.is_empty() && malformed(value, ty) {
+        if !ms
+            && let Some(shape) = type_id.index().and_then(|i| self.engine.shapes.get(i))
+            && malformed(value, *shape)
+        {
             self.counts.malformed += 1;
             self.record(None, "malformed value", "removed");
             return (Outcome::Remove, false);
@@ -917,7 +986,7 @@ impl<'e> Walk<'e> {
                     matched |= m;
                     t += 1;
                 }
-                if matched && rules[i].method == Method::Allow {
+                if matched && matches!(rules[i].method, Method::Allow) {
                     allowed = true;
                 } else if matched && first.is_none() {
                     first = Some(i);
@@ -931,7 +1000,7 @@ impl<'e> Walk<'e> {
             }
         }
         let mut gov = first.or(governing);
-        if ext_part && !ms && gov.is_some_and(|g| rules[g].method != Method::Redact) {
+        if ext_part && !ms && gov.is_some_and(|g| !matches!(rules[g].method, Method::Redact)) {
             // `_birthDate` holds the id and extensions of `birthDate`, not its value: the rule
             // for the value (generalize, date_shift, keep ...) means nothing there, and keeping
             // by it would let the extensions' text through. Only removal carries over; inside,
@@ -947,7 +1016,7 @@ impl<'e> Walk<'e> {
             };
             return (self.resource(value, gov, Some(&outer)), touched);
         }
-        if !parent.known && !parent.ty.is_empty() && gov.is_none() {
+        if !known && !parent.ty.is_empty() && gov.is_none() {
             if ms {
                 self.fail(&ctx.resource_type, "", "unknown element for FHIR R4");
                 return (Outcome::Keep, touched);
@@ -1060,7 +1129,15 @@ impl<'e> Walk<'e> {
         }
     }
 
+    #[inline]
     fn record(&mut self, rule: Option<usize>, default_label: &str, outcome: &str) {
+        if self.explain.is_some() {
+            self.record_entry(rule, default_label, outcome);
+        }
+    }
+
+    #[cold]
+    fn record_entry(&mut self, rule: Option<usize>, default_label: &str, outcome: &str) {
         let Some(explain) = &mut self.explain else {
             return;
         };
@@ -1121,15 +1198,19 @@ impl<'e> Walk<'e> {
         if *method == Method::DateShift
             && engine.policy.ms.is_none()
             && engine.policy.defaults.dates_over_89 == Fallback::Redact
-            && value
-                .as_str()
-                .and_then(|text| dates::age_in_years(text, engine.today))
-                .is_some_and(|age| age > 89)
+            && value.as_str().is_some_and(|text| {
+                // Most dates are recent: their year alone says so, without parsing the date.
+                let recent = text
+                    .get(..4)
+                    .and_then(|y| y.parse::<i32>().ok())
+                    .is_some_and(|y| y > engine.today.year() - 89);
+                !recent && dates::age_in_years(text, engine.today).is_some_and(|age| age > 89)
+            })
         {
             // A date that old says the person it is about is over 89 (Safe Harbor): shifting it
             // by at most a year would not hide that.
             self.counts.methods[method.index()] += 1;
-            self.record(Some(i), "", "removed (over 89 years ago)");
+            self.record(Some(i), "", "removed");
             return Outcome::Remove;
         }
         if engine.reapply
@@ -1486,6 +1567,8 @@ struct Slot<'a> {
     match_ty: &'a str,
     match_type_id: TypeId,
     ext_part: bool,
+    /// The element is one of the parent type's (not an unknown JSON key).
+    known: bool,
 }
 
 /// Merges a `substitute` replacement into what is left of the substituted node (the parts earlier
@@ -1612,7 +1695,6 @@ fn add_security_labels(map: &mut Map<String, Value>, ops: u8) -> bool {
 struct Parent<'a> {
     ty: &'a str,
     system: Option<&'a str>,
-    known: bool,
     /// `terminology` on the parent's display-like child (`Coding.display`,
     /// `CodeableConcept.text`, a quantity's `unit`), decided from its siblings.
     text: Option<TextDecision>,
@@ -1747,16 +1829,14 @@ fn text_decision(ty: &str, map: &Map<String, Value>) -> Option<TextDecision> {
 /// True when a value's JSON shape is not its FHIR type's: an array inside an array, a primitive
 /// given as an object or array or as the wrong JSON type (a `birthDate` as a number), a complex
 /// type given as a scalar. Such values are removed (fail closed), never read as text.
-fn malformed(value: &Value, ty: &str) -> bool {
+fn malformed(value: &Value, shape: Shape) -> bool {
     match value {
         Value::Array(_) => true,
-        Value::Object(_) => fhir_types::is_primitive(ty),
         Value::Null => false,
-        Value::Bool(_) => ty != "boolean",
-        Value::Number(_) => !NUMBER_TYPES.contains(&ty),
-        Value::String(_) => {
-            !fhir_types::is_primitive(ty) || ty == "boolean" || NUMBER_TYPES.contains(&ty)
-        }
+        Value::Object(_) => shape != Shape::Object,
+        Value::Bool(_) => shape != Shape::Bool,
+        Value::Number(_) => shape != Shape::Number,
+        Value::String(_) => shape != Shape::String,
     }
 }
 

@@ -15,8 +15,14 @@
 //! ingest workers, and must not send codes or text anywhere. A steward-supplied vocabulary file is
 //! the next step (README, "Next").
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
 use std::sync::LazyLock;
+
+use crate::fhir_types::{FastMap, WordHasher};
+
+/// Looked up for every Coding of every resource: the type table's fast hasher, not SipHash.
+type FastSet = HashSet<&'static str, BuildHasherDefault<WordHasher>>;
 
 /// The generated table.
 const TABLE: &str = include_str!("synthea.tsv");
@@ -48,16 +54,16 @@ pub const STANDARD_SYSTEM_PREFIXES: &[&str] = &[
 
 struct Vocabulary {
     /// system -> code -> displays (canonical first).
-    codes: HashMap<&'static str, HashMap<&'static str, Vec<&'static str>>>,
-    systems: HashSet<&'static str>,
-    units: HashSet<&'static str>,
+    codes: FastMap<FastMap<Vec<&'static str>>>,
+    systems: FastSet,
+    units: FastSet,
 }
 
 static VOCABULARY: LazyLock<Vocabulary> = LazyLock::new(|| {
     let mut v = Vocabulary {
-        codes: HashMap::new(),
-        systems: HashSet::new(),
-        units: HashSet::new(),
+        codes: FastMap::default(),
+        systems: FastSet::default(),
+        units: FastSet::default(),
     };
     for line in TABLE.lines().filter(|l| !l.starts_with('#')) {
         let mut fields = line.split('\t');
@@ -138,7 +144,7 @@ mod tests {
     #[test]
     fn the_table_loads_and_decides() {
         let sct = "http://snomed.info/sct";
-        assert!(VOCABULARY.codes.values().map(HashMap::len).sum::<usize>() > 500);
+        assert!(VOCABULARY.codes.values().map(FastMap::len).sum::<usize>() > 500);
         let (code, known) = VOCABULARY.codes[sct]
             .iter()
             .find(|(_, d)| !d.is_empty())
