@@ -203,7 +203,10 @@ impl Lake {
         let configuration: HashMap<String, Option<String>> = [
             (PROP_KEY_ID.to_string(), stamp.key_id.clone()),
             (PROP_POLICY_HASH.to_string(), stamp.policy_hash.clone()),
-            (PROP_DEIDENTIFIED.to_string(), stamp.deidentified.to_string()),
+            (
+                PROP_DEIDENTIFIED.to_string(),
+                stamp.deidentified.to_string(),
+            ),
         ]
         .into_iter()
         .chain(statistics_properties(
