@@ -8,11 +8,13 @@
 //! primitive values; `substitute` replaces a whole node, keeping descendants an earlier rule
 //! already handled; emptied objects and arrays are pruned.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{Datelike as _, NaiveDate};
 use serde_json::{Map, Value};
 
+use crate::compartment::{self, PatientIndex, PatientRef};
 use crate::fhir_types;
 use crate::fhir_types::{ElementId, TypeId};
 use crate::key::DeidKey;
@@ -109,6 +111,8 @@ pub struct PolicyEngine {
     reapply: bool,
     /// The JSON shape of every type of the table, by [`TypeId::index`] (see [`malformed`]).
     shapes: Vec<Shape>,
+    /// Resolves conditional patient references (set by the ingest).
+    patient_index: Option<Arc<dyn PatientIndex>>,
     /// What `terminology` and `generalize` read from an object of each type, by
     /// [`TypeId::index`] (see [`Walk::object`]).
     siblings: Vec<SiblingKind>,
@@ -319,6 +323,7 @@ impl PolicyEngine {
             all_rules,
             id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
             reapply: false,
+            patient_index: None,
             shapes: {
                 let mut shapes = vec![Shape::Object; fhir_types::type_count()];
                 for ty in fhir_types::all_types() {
@@ -416,18 +421,30 @@ impl PolicyEngine {
         }
     }
 
-    /// The source patient id of a resource's compartment (before pseudonymization).
-    fn patient_of(resource: &Value) -> Option<String> {
-        let rt = resource.get("resourceType")?.as_str()?;
-        if rt == "Patient" {
-            return resource.get("id")?.as_str().map(str::to_string);
+    /// Resolves conditional patient references (`Patient?identifier=...`) through `index`, so
+    /// that such a resource gets its patient's date shift (see [`compartment`]).
+    pub fn with_patient_index(mut self, index: Arc<dyn PatientIndex>) -> Self {
+        self.patient_index = Some(index);
+        self
+    }
+
+    /// The date-shift scope of a resource's patient: the patient's lake id (its pseudonym), the
+    /// same for every form of reference to it; `None` outside any patient's compartment or for a
+    /// conditional reference the index does not resolve.
+    fn patient_scope(&self, resource: &Value, worker: &mut Worker) -> Option<i64> {
+        let shift_days = self.policy.defaults.date_shift_days;
+        match compartment::patient_ref(resource)? {
+            // All resources of a patient share its offset: worth remembering.
+            PatientRef::Id(patient) => Some(worker.offsets.get_or_insert_with(patient, |p| {
+                let scope = pseudonym::pseudo_id(&self.key, "Patient", p);
+                dates::offset_days(&self.key, &scope, shift_days)
+            })),
+            PatientRef::Identifier { system, value } => {
+                let key = compartment::reference_key(&self.key, system.as_deref(), &value);
+                let lake_id = self.patient_index.as_ref()?.patient_by_identifier(&key)?;
+                Some(dates::offset_days(&self.key, &lake_id, shift_days))
+            }
         }
-        ["subject", "patient", "beneficiary"]
-            .iter()
-            .find_map(|field| {
-                let reference = resource.get(field)?.get("reference")?.as_str()?;
-                pseudonym::patient_in_reference(reference).map(str::to_string)
-            })
     }
 }
 
@@ -535,12 +552,8 @@ impl<'e> Walk<'e> {
             },
             None => {
                 let shift_days = engine.policy.defaults.date_shift_days;
-                let offset_days = match PolicyEngine::patient_of(res) {
-                    // All resources of a patient share its offset: worth remembering.
-                    Some(patient) => self.worker.offsets.get_or_insert_with(&patient, |p| {
-                        let scope = pseudonym::pseudo_id(&engine.key, "Patient", p);
-                        dates::offset_days(&engine.key, &scope, shift_days)
-                    }),
+                let offset_days = match engine.patient_scope(res, &mut self.worker) {
+                    Some(days) => days,
                     None => dates::offset_days(&engine.key, &format!("{rt}/{id}"), shift_days),
                 };
                 let (ms_offset_before, ms_offset_after, ms_id_rule) =

@@ -15,6 +15,7 @@
 
 use serde_json::Value;
 
+pub mod compartment;
 pub mod coverage;
 pub mod engine;
 pub mod fhir_types;
@@ -25,6 +26,7 @@ pub mod policy;
 pub mod risk;
 pub mod vocabulary;
 
+pub use compartment::PatientIndex;
 pub use engine::{DeidStats, ExplainEntry, PolicyEngine};
 pub use key::{DeidKey, KeyError};
 pub use policy::{Policy, PolicyError};

@@ -335,3 +335,47 @@ fn limited_data_set_is_default_deny_too() {
     assert!(out["address"][0].get("line").is_none());
     assert_eq!(out["contact"][0], json!({"gender": "female"}));
 }
+
+#[test]
+fn conditional_patient_references_resolve_through_the_index() {
+    use fhirlake_deid::compartment::{self, PatientIndex};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct Index(HashMap<String, String>);
+    impl PatientIndex for Index {
+        fn patient_by_identifier(&self, key: &str) -> Option<String> {
+            self.0.get(key).cloned()
+        }
+    }
+    let patient = json!({"resourceType": "Patient", "id": "p1",
+        "identifier": [{"system": "https://ehr.stmarys.example/mrn", "value": "MRN-jsmith"}]});
+    let lake_id = pseudonym::pseudo_id(&key(), "Patient", "p1");
+    let index = Index(
+        compartment::identifier_keys(&key(), &patient)
+            .into_iter()
+            .map(|k| (k, lake_id.clone()))
+            .collect(),
+    );
+    let engine = engine("safe-harbor").with_patient_index(Arc::new(index));
+    let date = |reference: &str| {
+        let out = run(
+            &engine,
+            json!({"resourceType": "Observation", "id": "o1", "status": "final",
+                   "subject": {"reference": reference}, "effectiveDateTime": "2020-06-15"}),
+        );
+        assert_clean(&out);
+        out["effectiveDateTime"].as_str().unwrap().to_string()
+    };
+    let plain = date("Patient/p1");
+    for r in [
+        "Patient?identifier=https://ehr.stmarys.example/mrn|MRN-jsmith",
+        "Patient?identifier=https%3A%2F%2Fehr.stmarys.example%2Fmrn%7CMRN-jsmith",
+        "Patient?identifier=MRN-jsmith",
+    ] {
+        assert_eq!(date(r), plain, "{r}");
+    }
+    // Not in the index: a shift of its own (never the real date).
+    assert_ne!(date("Patient?identifier=MRN-other"), "2020-06-15");
+}

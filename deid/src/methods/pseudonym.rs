@@ -213,6 +213,15 @@ fn rewrite_query(key: &DeidKey, query: &str) -> String {
         .join("&")
 }
 
+/// [`percent_decode`] without a copy when there is nothing to decode.
+pub fn percent_decode_cow(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('%') {
+        std::borrow::Cow::Owned(percent_decode(text))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
