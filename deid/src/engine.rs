@@ -767,10 +767,12 @@ impl<'e> Walk<'e> {
         let explaining = self.explain.is_some();
         let children = fhir_types::Children::of_id(type_id);
         for (key, value) in map.iter_mut() {
-            if key == "resourceType" {
+            let entry = children.entry(key);
+            if key == "resourceType" && entry.is_none() {
+                // A resource's type (no element of it: `ExampleScenario.instance.resourceType`
+                // is one, and is walked like any code).
                 continue;
             }
-            let entry = children.entry(key);
             let child = entry.map(|e| e.child);
             let (element, element_id, child_ty, child_type_id) = match entry {
                 Some(e) => (e.child.element, e.element_id, e.child.type_code, e.type_id),
