@@ -19,6 +19,6 @@ pub use error::{Error, Result};
 pub use location::{Location, StoreOptions, object_store_for_url};
 pub use plan::{FileFormat, FileRole, SourceFile, SourcePlan, plan_sources};
 pub use read::{
-    ItemPosition, MAX_LINE_BYTES, ReadOptions, ReadStats, SourceItem, read_source_file,
-    read_source_file_with,
+    ItemPosition, MAX_LINE_BYTES, RawInput, ReadOptions, ReadStats, SourceItem, SpilledLine,
+    read_source_file, read_source_file_with,
 };

@@ -4,12 +4,15 @@
 //! object stores, optionally gzip-compressed.
 //!
 //! Problems with the data (corrupt gzip, invalid JSON, over-long lines, empty files) become
-//! [`SourceItem::Reject`] items; reasons name positions and JSON paths, never data values.
+//! [`SourceItem::Reject`] items; reasons name positions and JSON paths, never data values. An over-long
+//! line is never held in memory: with [`ReadOptions::spill_dir`] its bytes are written to a file there as
+//! they are read ([`SpilledLine`]), so that the caller can keep it with the other rejected input.
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -83,8 +86,53 @@ pub enum SourceItem {
     Reject {
         pos: ItemPosition,
         reason: String,
-        raw: Option<Vec<u8>>,
+        raw: Option<RawInput>,
     },
+}
+
+/// The original bytes of rejected input.
+#[derive(Debug)]
+pub enum RawInput {
+    /// Held in memory (a line within the size limit, a Bundle entry's JSON text).
+    Bytes(Vec<u8>),
+    /// A line over the size limit, in a file of [`ReadOptions::spill_dir`].
+    Spilled(SpilledLine),
+}
+
+impl RawInput {
+    /// Number of original bytes.
+    pub fn byte_len(&self) -> u64 {
+        match self {
+            RawInput::Bytes(bytes) => bytes.len() as u64,
+            RawInput::Spilled(line) => line.byte_len(),
+        }
+    }
+}
+
+/// A line over the size limit, as read (without its `\n` / `\r\n`), written to a file in
+/// [`ReadOptions::spill_dir`] while it was read. The file is only readable by its owner and is removed
+/// when this is dropped.
+#[derive(Debug)]
+pub struct SpilledLine {
+    path: tempfile::TempPath,
+    len: u64,
+}
+
+impl SpilledLine {
+    /// The file holding the line.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Length of the line in bytes.
+    pub fn byte_len(&self) -> u64 {
+        self.len
+    }
+
+    /// Opens the file for reading.
+    pub fn open(&self) -> io::Result<std::fs::File> {
+        std::fs::File::open(&self.path)
+    }
 }
 
 impl SourceItem {
@@ -109,16 +157,20 @@ pub struct ReadStats {
 }
 
 /// Reader settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ReadOptions {
     /// Longest NDJSON line accepted (including a trailing `\r`); default [`MAX_LINE_BYTES`].
     pub max_line_bytes: usize,
+    /// Where a longer line is written as it is read (created when needed; one file per line, see
+    /// [`SpilledLine`]); `None` (the default): such a line is skipped and its reject has no `raw`.
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
             max_line_bytes: MAX_LINE_BYTES,
+            spill_dir: None,
         }
     }
 }
@@ -152,17 +204,11 @@ pub fn read_source_file_with(
                 SourceItem::Line { pos, bytes } => deleted_line(pos, bytes, emit),
                 other => emit(other),
             };
-            read_lines(
-                &mut reader,
-                file.gzip,
-                &name,
-                options.max_line_bytes,
-                &mut on_item,
-            )
+            read_lines(&mut reader, file.gzip, &name, options, &mut on_item)
         }
         (FileRole::Output, FileFormat::Ndjson) => {
             let mut reader = open(file)?;
-            read_lines(&mut reader, file.gzip, &name, options.max_line_bytes, emit)
+            read_lines(&mut reader, file.gzip, &name, options, emit)
         }
         (FileRole::Output, FileFormat::Bundle) => read_bundle(file, &name, emit),
     }
@@ -233,13 +279,16 @@ fn read_lines(
     reader: &mut dyn BufRead,
     gzip: bool,
     file: &Arc<str>,
-    max_line: usize,
+    options: &ReadOptions,
     emit: &mut dyn FnMut(SourceItem) -> bool,
 ) -> Result<ReadStats> {
+    let max_line = options.max_line_bytes;
     let mut stats = ReadStats::default();
     let mut state = LineState {
         file,
         max_line,
+        spill_dir: options.spill_dir.as_deref(),
+        spill: None,
         line: Vec::new(),
         too_long: false,
         line_no: 0,
@@ -251,7 +300,9 @@ fn read_lines(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if is_gzip_data_error(gzip, &e) => {
                 let partial = !state.line.is_empty() || state.too_long;
-                let raw = (!state.line.is_empty()).then(|| std::mem::take(&mut state.line));
+                // A partial over-long line is dropped with its spill file.
+                let raw = (!state.line.is_empty())
+                    .then(|| RawInput::Bytes(std::mem::take(&mut state.line)));
                 stats.lines = state.line_no + u64::from(partial);
                 emit(SourceItem::Reject {
                     pos: ItemPosition::new(file, state.line_no + 1, None),
@@ -272,8 +323,8 @@ fn read_lines(
             Some(end) if state.line.is_empty() && !state.too_long => {
                 state.line_no += 1;
                 if end > max_line {
-                    state.too_long = true;
-                    state.finish(emit)
+                    state.start_spill(&buf[..end])?;
+                    state.finish(emit)?
                 } else {
                     let line = &buf[..end];
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -281,17 +332,16 @@ fn read_lines(
                 }
             }
             _ => {
-                if !state.too_long {
-                    if state.line.len() + chunk_len > max_line {
-                        state.too_long = true;
-                        state.line = Vec::new();
-                    } else {
-                        state.line.extend_from_slice(&buf[..chunk_len]);
-                    }
+                if state.too_long {
+                    state.spill(&buf[..chunk_len])?;
+                } else if state.line.len() + chunk_len > max_line {
+                    state.start_spill(&buf[..chunk_len])?;
+                } else {
+                    state.line.extend_from_slice(&buf[..chunk_len]);
                 }
                 if newline.is_some() {
                     state.line_no += 1;
-                    state.finish(emit)
+                    state.finish(emit)?
                 } else {
                     true
                 }
@@ -307,7 +357,7 @@ fn read_lines(
     }
     if !state.line.is_empty() || state.too_long {
         state.line_no += 1;
-        if !state.finish(emit) {
+        if !state.finish(emit)? {
             stats.lines = state.line_no;
             return Ok(stats);
         }
@@ -326,32 +376,104 @@ fn read_lines(
 struct LineState<'a> {
     file: &'a Arc<str>,
     max_line: usize,
+    /// Where over-long lines are written; `None`: they are skipped.
+    spill_dir: Option<&'a Path>,
+    /// The file the current over-long line is being written to.
+    spill: Option<Spill>,
     /// The current line's bytes when it spans buffer refills.
     line: Vec<u8>,
-    /// The current line exceeded `max_line`; its bytes are being skipped.
+    /// The current line exceeded `max_line`; its bytes are being spilled or skipped.
     too_long: bool,
     /// Physical lines completed so far (= the current line's number once it ends).
     line_no: u64,
     saw_content: bool,
 }
 
+/// An over-long line being written to a file.
+struct Spill {
+    file: tempfile::NamedTempFile,
+    len: u64,
+    last_byte: Option<u8>,
+}
+
 impl LineState<'_> {
-    /// Ends the current (buffered or skipped) line.
-    fn finish(&mut self, emit: &mut dyn FnMut(SourceItem) -> bool) -> bool {
+    /// The current line is over the limit: its bytes so far (the buffered ones, then `chunk`) go to
+    /// a new spill file, if there is a spill directory.
+    fn start_spill(&mut self, chunk: &[u8]) -> Result<()> {
+        self.too_long = true;
+        let buffered = std::mem::take(&mut self.line);
+        let Some(dir) = self.spill_dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(&dir.display(), e))?;
+        let file = tempfile::Builder::new()
+            .prefix("line-")
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(&dir.display(), e))?;
+        self.spill = Some(Spill {
+            file,
+            len: 0,
+            last_byte: None,
+        });
+        self.spill(&buffered)?;
+        self.spill(chunk)
+    }
+
+    /// Appends `chunk` to the current spill file, if there is one.
+    fn spill(&mut self, chunk: &[u8]) -> Result<()> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        spill
+            .file
+            .write_all(chunk)
+            .map_err(|e| Error::io(&spill.file.path().display(), e))?;
+        spill.len += chunk.len() as u64;
+        spill.last_byte = chunk.last().copied();
+        Ok(())
+    }
+
+    /// Closes the current spill file, without the line's trailing `\r`.
+    fn finish_spill(&mut self) -> Result<Option<SpilledLine>> {
+        let Some(mut spill) = self.spill.take() else {
+            return Ok(None);
+        };
+        let location = spill.file.path().display().to_string();
+        if spill.last_byte == Some(b'\r') {
+            spill.len -= 1;
+            spill
+                .file
+                .as_file()
+                .set_len(spill.len)
+                .map_err(|e| Error::io(&location, e))?;
+        }
+        spill.file.flush().map_err(|e| Error::io(&location, e))?;
+        Ok(Some(SpilledLine {
+            path: spill.file.into_temp_path(),
+            len: spill.len,
+        }))
+    }
+
+    /// Ends the current (buffered, spilled or skipped) line.
+    fn finish(&mut self, emit: &mut dyn FnMut(SourceItem) -> bool) -> Result<bool> {
         if self.too_long {
             self.too_long = false;
             self.saw_content = true;
-            return emit(SourceItem::Reject {
+            let raw = self.finish_spill()?.map(RawInput::Spilled);
+            return Ok(emit(SourceItem::Reject {
                 pos: ItemPosition::new(self.file, self.line_no, None),
                 reason: format!("line longer than {}", human_bytes(self.max_line)),
-                raw: None,
-            });
+                raw,
+            }));
         }
         let mut line = std::mem::take(&mut self.line);
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        self.emit_line(line, emit)
+        Ok(self.emit_line(line, emit))
     }
 
     fn emit_line(&mut self, line: Vec<u8>, emit: &mut dyn FnMut(SourceItem) -> bool) -> bool {
@@ -378,7 +500,7 @@ fn deleted_line(
     let reject = |pos: ItemPosition, reason: String, bytes: &[u8]| SourceItem::Reject {
         pos,
         reason,
-        raw: Some(bytes.to_vec()),
+        raw: Some(RawInput::Bytes(bytes.to_vec())),
     };
     let bundle: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
@@ -391,7 +513,7 @@ fn deleted_line(
             return emit(SourceItem::Reject {
                 pos,
                 reason,
-                raw: Some(bytes),
+                raw: Some(RawInput::Bytes(bytes)),
             });
         }
     };
@@ -898,7 +1020,7 @@ impl Pass2<'_, '_> {
         let reject = |path: String, reason: &str, entry: &Value| SourceItem::Reject {
             pos: ItemPosition::new(self.file, line, Some(path)),
             reason: reason.into(),
-            raw: serde_json::to_vec(entry).ok(),
+            raw: serde_json::to_vec(entry).ok().map(RawInput::Bytes),
         };
         let Value::Object(mut object) = entry else {
             return (self.emit)(reject(entry_path, "entry is not a JSON object", &entry));

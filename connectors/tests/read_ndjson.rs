@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use fhirlake_connectors::read::ReadOptions;
+use fhirlake_connectors::read::{RawInput, ReadOptions};
 use fhirlake_connectors::{FileFormat, Location, SourceFile, SourceItem, read_source_file};
 use object_store::ObjectStoreExt;
 use proptest::prelude::*;
@@ -53,7 +53,10 @@ fn long_lines_are_rejected_without_buffering() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.ndjson");
     std::fs::write(&path, b"short\n0123456789abcdef\nok\r\n0123456789abcdef").unwrap();
-    let opts = ReadOptions { max_line_bytes: 8 };
+    let opts = ReadOptions {
+        max_line_bytes: 8,
+        ..ReadOptions::default()
+    };
     let (items, stats) = read_all_with(&local(&path, FileFormat::Ndjson, false), &opts);
     assert_eq!(
         lines(&items),
@@ -81,6 +84,7 @@ fn lines_spanning_buffer_refills() {
     std::fs::write(&path, format!("{big}\r\n{{}}\n{big}\n")).unwrap();
     let opts = ReadOptions {
         max_line_bytes: 3 * 1024 * 1024,
+        ..ReadOptions::default()
     };
     let (items, _) = read_all_with(&local(&path, FileFormat::Ndjson, false), &opts);
     let got = lines(&items);
@@ -91,6 +95,7 @@ fn lines_spanning_buffer_refills() {
 
     let opts = ReadOptions {
         max_line_bytes: 1024 * 1024,
+        ..ReadOptions::default()
     };
     let (items, _) = read_all_with(&local(&path, FileFormat::Ndjson, false), &opts);
     assert_eq!(lines(&items), vec![(2, "{}".to_owned())]);
@@ -101,6 +106,64 @@ fn lines_spanning_buffer_refills() {
         "{rej:?}"
     );
     assert_eq!(rej[0].2, "line longer than 1 MiB");
+}
+
+#[test]
+fn long_lines_are_spilled_byte_for_byte_when_there_is_a_spill_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let spill_dir = dir.path().join("spill");
+    let path = dir.path().join("a.ndjson");
+    // Over the limit: on the fast path (line 2, with its \r\n), across buffer refills (line 4,
+    // larger than the 1 MiB read buffer, not UTF-8) and at the end of the file (line 5).
+    let mut big: Vec<u8> = (0..2_500_000u32)
+        .map(|i| match (i % 251) as u8 {
+            b'\n' => 0xfe,
+            b => b,
+        })
+        .collect();
+    big[0] = b'{';
+    let mut data = b"short\n0123456789abcdef\r\nok\n".to_vec();
+    data.extend_from_slice(&big);
+    data.extend_from_slice(b"\n{\"tail\":\"over the limit\"}");
+    std::fs::write(&path, &data).unwrap();
+    let opts = ReadOptions {
+        max_line_bytes: 8,
+        spill_dir: Some(spill_dir.clone()),
+    };
+    let (items, stats) = read_all_with(&local(&path, FileFormat::Ndjson, false), &opts);
+    assert_eq!(stats.lines, 5);
+    assert_eq!(
+        lines(&items),
+        vec![(1, "short".to_owned()), (3, "ok".to_owned())]
+    );
+    let spilled: Vec<(u64, Vec<u8>)> = items
+        .iter()
+        .filter_map(|item| match item {
+            SourceItem::Reject {
+                pos,
+                raw: Some(RawInput::Spilled(line)),
+                reason,
+            } => {
+                assert_eq!(reason, "line longer than 8 bytes");
+                assert!(line.path().starts_with(&spill_dir));
+                let bytes = std::fs::read(line.path()).unwrap();
+                assert_eq!(line.byte_len(), bytes.len() as u64);
+                Some((pos.line, bytes))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        spilled,
+        vec![
+            (2, b"0123456789abcdef".to_vec()),
+            (4, big),
+            (5, b"{\"tail\":\"over the limit\"}".to_vec()),
+        ]
+    );
+    // Dropping the items removes the spill files.
+    drop(items);
+    assert_eq!(std::fs::read_dir(&spill_dir).unwrap().count(), 0);
 }
 
 #[test]
@@ -335,7 +398,10 @@ proptest! {
         std::fs::write(&path, &data).unwrap();
         let (items, stats) = read_all_with(
             &local(&path, FileFormat::Ndjson, false),
-            &ReadOptions { max_line_bytes: limit },
+            &ReadOptions {
+                max_line_bytes: limit,
+                ..ReadOptions::default()
+            },
         );
         let physical = data.split(|b| *b == b'\n').count() as u64
             - u64::from(data.is_empty() || data.ends_with(b"\n"));
@@ -369,7 +435,10 @@ proptest! {
         std::fs::write(&path, &gz[..cut]).unwrap();
         let (_items, _) = read_all_with(
             &local(&path, FileFormat::Ndjson, true),
-            &ReadOptions { max_line_bytes: limit },
+            &ReadOptions {
+                max_line_bytes: limit,
+                ..ReadOptions::default()
+            },
         );
     }
 }

@@ -648,3 +648,111 @@ fn history_lists_commits_with_run_ids() {
     assert_code(&output, 2);
     assert!(text(&output.stderr).contains("does not exist"));
 }
+
+#[test]
+fn lines_over_the_size_limit_are_kept_in_the_landing_zone_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut lines = sample_lines("36.Patient.ndjson.gz");
+    let good = lines.len();
+    // Every sample line fits under the limit.
+    let limit = lines.iter().map(String::len).max().unwrap() + 16;
+    // Over the limit: far longer than the limit and the reader's 1 MiB buffer, in multi-byte
+    // UTF-8; and just over it, ending with `\r\n`.
+    let huge = format!(
+        "{{\"resourceType\":\"Patient\",\"id\":\"huge\",\"text\":{{\"div\":\"{}\"}}}}",
+        "é\\\"€".repeat(300_000)
+    );
+    let over = format!(
+        "{{\"resourceType\":\"Patient\",\"id\":\"over\",\"note\":\"{}\"}}",
+        "x".repeat(limit)
+    );
+    lines.insert(3, huge.clone());
+    lines.insert(8, format!("{over}\r"));
+    std::fs::write(src.join("Patient.ndjson"), lines.join("\n")).unwrap();
+
+    let limit_flag = limit.to_string();
+    let output = run(fhirlake(dir.path()).args([
+        "ingest",
+        "--lake",
+        "L",
+        "--unsafe-no-deid",
+        "--landing",
+        "landing",
+        "--max-line-bytes",
+        &limit_flag,
+        src.to_str().unwrap(),
+    ]));
+    assert_code(&output, 3);
+    let stderr = text(&output.stderr);
+    let stdout = text(&output.stdout);
+    let reason = format!("line longer than {limit} bytes");
+    for line in ["Patient.ndjson:4", "Patient.ndjson:9"] {
+        assert!(
+            stderr.contains(line) && stderr.contains(&reason),
+            "{line}: {reason} in:\n{stderr}"
+        );
+    }
+    assert!(stdout.contains("2 lines rejected"), "{stdout}");
+    // The other lines land.
+    assert_eq!(
+        sql_count(dir.path(), "L", "SELECT count(*) FROM raw.patient"),
+        good as i64
+    );
+    let runs = sql(dir.path(), "L", "SELECT rejected, status FROM lake.runs");
+    assert_eq!(
+        runs,
+        vec![serde_json::json!({"rejected": 2, "status": "succeeded_with_rejects"})]
+    );
+
+    // Both are kept like every other reject, and nothing else is left in the landing zone's
+    // rejected folder.
+    let rejected_dir = dir.path().join("landing").join("rejected");
+    let files: Vec<_> = std::fs::read_dir(&rejected_dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let rejected = std::fs::read_to_string(&files[0]).unwrap();
+    let records: Vec<serde_json::Value> = rejected
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut kept: Vec<(u64, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            assert!(
+                r["file"].as_str().unwrap().ends_with("Patient.ndjson"),
+                "{r}"
+            );
+            assert!(r["run_id"].is_string(), "{r}");
+            (
+                r["line"].as_u64().unwrap(),
+                r["reason"].as_str().unwrap(),
+                r["original"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        vec![
+            (4, reason.as_str(), huge.as_str()),
+            (9, reason.as_str(), over.as_str())
+        ]
+    );
+
+    // The limit is checked before anything is read or written.
+    let zero = run(fhirlake(dir.path())
+        .env("FHIRLAKE_MAX_LINE_BYTES", "0")
+        .args(["ingest", "--lake", "L0", "--unsafe-no-deid"])
+        .arg(&src));
+    assert_code(&zero, 2);
+    assert!(
+        text(&zero.stderr).contains("max-line-bytes"),
+        "{}",
+        text(&zero.stderr)
+    );
+    assert!(!dir.path().join("L0").exists());
+}

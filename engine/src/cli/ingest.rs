@@ -72,6 +72,17 @@ pub struct IngestOptions {
     #[arg(long, env = "FHIRLAKE_MAX_REJECTS", value_name = "N")]
     pub max_rejects: Option<u64>,
 
+    /// Longest NDJSON line accepted, in bytes (default 64 MiB). A longer line is rejected and kept
+    /// in <landing>/rejected/ like any other reject, without being held in memory.
+    #[arg(
+        long,
+        env = "FHIRLAKE_MAX_LINE_BYTES",
+        value_name = "N",
+        default_value_t = fhirlake_connectors::MAX_LINE_BYTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_line_bytes: usize,
+
     /// Worker threads for parsing and de-identification (default: all cores).
     #[arg(long, env = "FHIRLAKE_THREADS", value_name = "N")]
     pub threads: Option<usize>,
@@ -90,7 +101,8 @@ impl IngestOptions {
         }
         let mut ingest = ingest
             .with_landing(self.landing.clone())
-            .with_max_rejects(self.max_rejects);
+            .with_max_rejects(self.max_rejects)
+            .with_max_line_bytes(self.max_line_bytes);
         if let Some(threads) = self.threads {
             ingest = ingest.with_workers(threads);
         }

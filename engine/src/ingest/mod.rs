@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use fhirlake_connectors::{ItemPosition, SourceFile, StoreOptions, plan_sources};
+use fhirlake_connectors::{ItemPosition, ReadOptions, SourceFile, StoreOptions, plan_sources};
 use fhirlake_deid::Deidentifier;
 
 use crate::lake::runs::{ExportRecord, RunRecord, record_run};
@@ -94,6 +94,7 @@ pub struct Ingest {
     deid: Arc<dyn Deidentifier>,
     store_options: StoreOptions,
     max_rejects: Option<u64>,
+    max_line_bytes: usize,
     workers: usize,
     observer: Arc<dyn IngestObserver>,
     export: Option<ExportRecord>,
@@ -109,6 +110,7 @@ impl std::fmt::Debug for Ingest {
             .field("landing", &self.landing)
             .field("policy", &self.deid.policy_name())
             .field("max_rejects", &self.max_rejects)
+            .field("max_line_bytes", &self.max_line_bytes)
             .field("workers", &self.workers)
             .finish()
     }
@@ -124,6 +126,7 @@ impl Ingest {
             deid,
             store_options: StoreOptions::default(),
             max_rejects: None,
+            max_line_bytes: fhirlake_connectors::MAX_LINE_BYTES,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             observer: Arc::new(Silent),
             export: None,
@@ -159,6 +162,13 @@ impl Ingest {
     /// Fail the run (nothing committed) when more than `max` lines are rejected.
     pub fn with_max_rejects(mut self, max: Option<u64>) -> Self {
         self.max_rejects = max;
+        self
+    }
+
+    /// Longest NDJSON line accepted (default 64 MiB); a longer one is rejected and kept in the
+    /// landing zone like any other reject, without being held in memory.
+    pub fn with_max_line_bytes(mut self, max: usize) -> Self {
+        self.max_line_bytes = max.max(1);
         self
     }
 
@@ -234,11 +244,16 @@ impl Ingest {
 
         let staging_dir = self.landing.join("staging").join(&run_id);
         let staging = Staging::create(staging_dir.clone())?;
+        let read_options = ReadOptions {
+            max_line_bytes: self.max_line_bytes,
+            spill_dir: Some(rejects.spill_dir().to_path_buf()),
+        };
         let runtime = tokio::runtime::Handle::current();
         let (deid, observer, workers) = (self.deid.clone(), self.observer.clone(), self.workers);
         let (staged, mut rejects) = tokio::task::spawn_blocking(move || {
             let outcome = pipeline::run(
                 &files,
+                &read_options,
                 deid.as_ref(),
                 staging,
                 &mut rejects,

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
-use fhirlake_connectors::{ItemPosition, SourceFile, SourceItem, read_source_file};
+use fhirlake_connectors::{
+    ItemPosition, RawInput, ReadOptions, SourceFile, SourceItem, read_source_file_with,
+};
 use fhirlake_deid::Deidentifier;
 
 use super::observer::IngestObserver;
@@ -56,8 +58,10 @@ pub struct StageOutcome {
 
 /// Runs readers, workers and the sink until every file is read: until `files` is closed (all its
 /// senders dropped) and empty. Each file comes with its place in the source order.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     files: &Receiver<(usize, SourceFile)>,
+    read_options: &ReadOptions,
     deid: &dyn Deidentifier,
     staging: Staging,
     rejects: &mut RejectWriter,
@@ -77,7 +81,7 @@ pub fn run(
             let (cancel, read) = (&cancel, &read);
             scope.spawn(move || {
                 let _runtime = runtime.enter();
-                read_files(files, &work_tx, cancel, observer, read);
+                read_files(files, read_options, &work_tx, cancel, observer, read);
             });
         }
         drop(work_tx);
@@ -122,6 +126,7 @@ fn next_file(
 
 fn read_files(
     files: &Receiver<(usize, SourceFile)>,
+    read_options: &ReadOptions,
     work_tx: &Sender<WorkBatch>,
     cancel: &AtomicBool,
     observer: &dyn IngestObserver,
@@ -144,7 +149,7 @@ fn read_files(
                 })
                 .is_ok()
         };
-        let result = read_source_file(file, &mut |item| {
+        let result = read_source_file_with(file, read_options, &mut |item| {
             if cancel.load(Ordering::Relaxed) {
                 return false;
             }
@@ -248,7 +253,7 @@ fn sink(
                 Processed::Reject(reject) => {
                     record_reject(&mut outcome, rejects, &reject)?;
                     observer.rejected(&reject.pos, reject.json_path.as_deref(), &reject.reason);
-                    bytes += reject.raw.as_ref().map_or(0, |r| r.len() as u64);
+                    bytes += reject.raw.as_ref().map_or(0, RawInput::byte_len);
                 }
             }
         }

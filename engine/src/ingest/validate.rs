@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use fhirlake_connectors::{ItemPosition, SourceItem, fhir};
+use fhirlake_connectors::{ItemPosition, RawInput, SourceItem, fhir};
 use fhirlake_deid::{Deidentifier, Disposition};
 use serde_json::Value;
 
@@ -59,8 +59,9 @@ pub struct Reject {
     pub json_path: Option<String>,
     /// Why (no values).
     pub reason: String,
-    /// The original bytes, kept in the landing zone.
-    pub raw: Option<Vec<u8>>,
+    /// The original bytes (in memory, or in a spill file for a line over the size limit), kept in
+    /// the landing zone.
+    pub raw: Option<RawInput>,
 }
 
 /// Per-file context shared by the items of one batch.
@@ -143,7 +144,13 @@ pub fn process(
                 seq,
             }
         }
-        SourceItem::Reject { pos, reason, raw } => reject(pos, None, None, reason, raw),
+        SourceItem::Reject { pos, reason, raw } => Processed::Reject(Reject {
+            pos,
+            resource_type: None,
+            json_path: None,
+            reason,
+            raw,
+        }),
     }
 }
 
@@ -159,7 +166,7 @@ fn reject(
         resource_type,
         json_path,
         reason,
-        raw,
+        raw: raw.map(RawInput::Bytes),
     })
 }
 
@@ -554,7 +561,9 @@ mod tests {
         match process(item, 1, &file, &Passthrough) {
             Processed::Reject(r) => {
                 assert!(r.reason.contains("UTF-8"));
-                assert_eq!(r.raw.as_deref(), Some(&[b'{', 0xff, b'}'][..]));
+                assert!(
+                    matches!(&r.raw, Some(RawInput::Bytes(bytes)) if bytes == &[b'{', 0xff, b'}'])
+                );
             }
             other => panic!("{other:?}"),
         }
