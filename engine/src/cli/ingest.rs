@@ -10,7 +10,9 @@ use anyhow::bail;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use clap::Args;
+use fhirlake::ingest::patient_index::PatientsByIdentifier;
 use fhirlake::ingest::{FileFeed, Ingest, IngestReport, RunStatus};
+use fhirlake::lake::Lake;
 use fhirlake::lake::runs::TypeCounts;
 use fhirlake_connectors::SourceFile;
 use fhirlake_connectors::bulk::{FileSink, ReadyFile};
@@ -89,9 +91,31 @@ pub struct IngestOptions {
 }
 
 impl IngestOptions {
-    /// Picks the de-identification stage: the policy engine with the key, or (explicitly) none.
-    pub fn deidentifier(&self) -> anyhow::Result<Arc<dyn Deidentifier>> {
-        self.deid.deidentifier(self.unsafe_no_deid)
+    /// Picks the de-identification stage: the policy engine with the key, or (explicitly) none;
+    /// with the index of patients by identifier that resolves conditional patient references (the
+    /// engine's date shift, and `patient_id`). Hand both to the [`Ingest`] ([`Self::ingest`]).
+    pub fn deidentifier(
+        &self,
+    ) -> anyhow::Result<(Arc<dyn Deidentifier>, Arc<PatientsByIdentifier>)> {
+        if self.unsafe_no_deid {
+            let passthrough = self.deid.deidentifier(true)?;
+            return Ok((passthrough, Arc::new(PatientsByIdentifier::as_typed())));
+        }
+        let engine = self.deid.engine()?;
+        let patients = Arc::new(PatientsByIdentifier::pseudonymized(engine.key().clone()));
+        let engine = engine.with_patient_index(patients.clone());
+        Ok((Arc::new(engine), patients))
+    }
+
+    /// An ingest of `sources` into `lake` through the de-identification stage of
+    /// [`Self::deidentifier`].
+    pub fn ingest(
+        &self,
+        sources: Vec<String>,
+        lake: Lake,
+        (deid, patients): (Arc<dyn Deidentifier>, Arc<PatientsByIdentifier>),
+    ) -> Ingest {
+        Ingest::new(sources, lake, deid).with_patient_index(patients)
     }
 
     /// Applies the options to an ingest.
@@ -132,7 +156,9 @@ pub async fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
     let deid = args.ingest.deidentifier()?;
     let lake = args.lake.open()?;
     let observer = Arc::new(CliObserver::new(global.quiet));
-    let ingest = Ingest::new(args.sources.clone(), lake.clone(), deid)
+    let ingest = args
+        .ingest
+        .ingest(args.sources.clone(), lake.clone(), deid)
         .with_store_options(args.lake.storage.options())
         .with_observer(observer.clone());
     let ingest = args.ingest.configure(ingest)?;
@@ -231,6 +257,13 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
     } else {
         outln!("note: written WITHOUT de-identification (--unsafe-no-deid); the lake records this");
     }
+    if report.unresolved_patient_references > 0 {
+        outln!(
+            "{} conditional patient references (Patient?identifier=...) matched no patient of this \
+             run or the lake: those resources have no patient_id and a date shift of their own",
+            report.unresolved_patient_references
+        );
+    }
     if let Some(path) = &report.rejects_file {
         outln!(
             "{} lines rejected; kept with file, line and reason in {}",
@@ -289,7 +322,8 @@ pub async fn ingest_bulk(
         result
     };
     let observer = Arc::new(CliObserver::new(global.quiet));
-    let ingest = Ingest::new(vec![pull_dir.display().to_string()], lake.clone(), deid)
+    let ingest = options
+        .ingest(vec![pull_dir.display().to_string()], lake.clone(), deid)
         .with_observer(observer.clone())
         .with_feed(FileFeed {
             files: file_rx,

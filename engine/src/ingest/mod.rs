@@ -4,17 +4,20 @@
 //! 1. takes the lake's writer lock and refuses a de-identification key that differs from the lake's;
 //! 2. expands the sources (`fhirlake-connectors`); unusable sources are rejected like bad lines
 //!    (or, with a [`FileFeed`], takes the files as they arrive, e.g. as a Bulk Data pull downloads them);
-//! 3. streams every file through the parallel [`pipeline`] into per-type staging Parquet files
+//! 3. gathers the patients the run can see by identifier ([`patient_index`]: the Patients of its
+//!    sources and of `raw.patient`), so that conditional references resolve;
+//! 4. streams every file through the parallel [`pipeline`] into per-type staging Parquet files
 //!    in the landing zone, keeping rejected lines in `<landing>/rejected/<run_id>.ndjson`; with a feed,
 //!    commits only when the feed says every file was sent (a failed pull commits nothing);
-//! 4. commits each resource type with one Delta MERGE ([`merge`]);
-//! 5. brings every view up to date (`crate::views`, one commit per changed view);
-//! 6. records the run in `lake.runs` — last, so a killed run is never recorded as finished. The
+//! 5. commits each resource type with one Delta MERGE ([`merge`]);
+//! 6. brings every view up to date (`crate::views`, one commit per changed view);
+//! 7. records the run in `lake.runs` — last, so a killed run is never recorded as finished. The
 //!    files read are recorded by digest and counts, never by name or path (names can identify
 //!    patients), and every column is taken from de-identified data.
 
 pub mod merge;
 pub mod observer;
+pub mod patient_index;
 pub mod pipeline;
 pub mod rejects;
 pub mod staging;
@@ -33,6 +36,7 @@ use crate::lake::runs::{ExportRecord, RunRecord, record_run};
 use crate::lake::{DeidStamp, Lake, TableId};
 use crate::{Error, Result};
 pub use observer::{IngestObserver, Silent};
+use patient_index::PatientsByIdentifier;
 use pipeline::StageOutcome;
 use rejects::RejectWriter;
 use staging::Staging;
@@ -68,6 +72,9 @@ pub struct IngestReport {
     pub view_failures: u64,
     /// Where rejected lines were kept, if any.
     pub rejects_file: Option<PathBuf>,
+    /// Conditional patient references (`Patient?identifier=...`) that matched no patient of the
+    /// run or the lake: their rows have no `patient_id` and their own date shift.
+    pub unresolved_patient_references: u64,
     /// Input bytes read (decompressed).
     pub bytes: u64,
     /// Wall time of the run.
@@ -99,6 +106,7 @@ pub struct Ingest {
     observer: Arc<dyn IngestObserver>,
     export: Option<ExportRecord>,
     feed: Option<FileFeed>,
+    patients: Option<Arc<PatientsByIdentifier>>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -131,6 +139,7 @@ impl Ingest {
             observer: Arc::new(Silent),
             export: None,
             feed: None,
+            patients: None,
         }
     }
 
@@ -138,6 +147,15 @@ impl Ingest {
     /// used).
     pub fn with_feed(mut self, feed: FileFeed) -> Self {
         self.feed = Some(feed);
+        self
+    }
+
+    /// Resolves conditional patient references (`Patient?identifier=...`) through `patients`,
+    /// which the run fills before it reads anything. Hand the same index to the policy engine
+    /// (`PolicyEngine::with_patient_index`) so that such resources get their patient's date
+    /// shift too. Without it, conditional references give no `patient_id`.
+    pub fn with_patient_index(mut self, patients: Arc<PatientsByIdentifier>) -> Self {
+        self.patients = Some(patients);
         self
     }
 
@@ -201,11 +219,15 @@ impl Ingest {
         self.lake.restrict_statistics().await?;
 
         // The files to read: all planned now, or arriving through the feed.
+        let mut patient_files = Vec::new();
         let (files, complete, problems, planned) = match self.feed.take() {
             Some(feed) => (feed.files, Some(feed.complete), Vec::new(), None),
             None => {
                 let plan = plan_sources(&self.sources, &self.store_options).await;
                 self.observer.planned(plan.files.len());
+                if self.patients.is_some() {
+                    patient_files = plan.files.clone();
+                }
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let planned = plan.files.len();
                 for file in plan.files.into_iter().enumerate() {
@@ -242,6 +264,14 @@ impl Ingest {
             }));
         }
 
+        if let Some(patients) = &self.patients {
+            self.observer
+                .phase("finding the patients of conditional references");
+            patients
+                .load(patient_files, &self.lake, self.deid.clone())
+                .await?;
+        }
+
         let staging_dir = self.landing.join("staging").join(&run_id);
         let staging = Staging::create(staging_dir.clone())?;
         let read_options = ReadOptions {
@@ -250,11 +280,13 @@ impl Ingest {
         };
         let runtime = tokio::runtime::Handle::current();
         let (deid, observer, workers) = (self.deid.clone(), self.observer.clone(), self.workers);
+        let patients = self.patients.clone();
         let (staged, mut rejects) = tokio::task::spawn_blocking(move || {
             let outcome = pipeline::run(
                 &files,
                 &read_options,
                 deid.as_ref(),
+                patients.as_deref(),
                 staging,
                 &mut rejects,
                 workers,
@@ -368,6 +400,10 @@ impl Ingest {
             status,
             view_failures,
             rejects_file: rejects.path().map(PathBuf::from),
+            unresolved_patient_references: self
+                .patients
+                .as_ref()
+                .map_or(0, |patients| patients.unresolved()),
             bytes: staged.bytes,
             elapsed: started.elapsed(),
         })

@@ -22,6 +22,7 @@ use fhirlake_connectors::{
 use fhirlake_deid::Deidentifier;
 
 use super::observer::IngestObserver;
+use super::patient_index::PatientsByIdentifier;
 use super::rejects::RejectWriter;
 use super::staging::{StagedType, Staging};
 use super::validate::{FileContext, Processed, Reject, process};
@@ -57,12 +58,14 @@ pub struct StageOutcome {
 }
 
 /// Runs readers, workers and the sink until every file is read: until `files` is closed (all its
-/// senders dropped) and empty. Each file comes with its place in the source order.
+/// senders dropped) and empty. Each file comes with its place in the source order. `patients`
+/// resolves conditional patient references for `patient_id`.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     files: &Receiver<(usize, SourceFile)>,
     read_options: &ReadOptions,
     deid: &dyn Deidentifier,
+    patients: Option<&PatientsByIdentifier>,
     staging: Staging,
     rejects: &mut RejectWriter,
     workers: usize,
@@ -87,7 +90,7 @@ pub fn run(
         drop(work_tx);
         for _ in 0..workers {
             let (work_rx, out_tx) = (work_rx.clone(), out_tx.clone());
-            scope.spawn(move || work(&work_rx, &out_tx, deid));
+            scope.spawn(move || work(&work_rx, &out_tx, deid, patients));
         }
         drop(work_rx);
         drop(out_tx);
@@ -210,12 +213,17 @@ fn read_files(
     }
 }
 
-fn work(work_rx: &Receiver<WorkBatch>, out_tx: &Sender<Vec<Processed>>, deid: &dyn Deidentifier) {
+fn work(
+    work_rx: &Receiver<WorkBatch>,
+    out_tx: &Sender<Vec<Processed>>,
+    deid: &dyn Deidentifier,
+    patients: Option<&PatientsByIdentifier>,
+) {
     for batch in work_rx {
         let out = batch
             .items
             .into_iter()
-            .map(|(seq, item)| process(item, seq, &batch.file, deid))
+            .map(|(seq, item)| process(item, seq, &batch.file, deid, patients))
             .collect();
         if out_tx.send(out).is_err() {
             return;

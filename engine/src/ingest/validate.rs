@@ -7,8 +7,12 @@
 use std::sync::Arc;
 
 use fhirlake_connectors::{ItemPosition, RawInput, SourceItem, fhir};
+use fhirlake_deid::compartment::{self, PatientRef};
+use fhirlake_deid::methods::pseudonym;
 use fhirlake_deid::{Deidentifier, Disposition};
 use serde_json::Value;
+
+use super::patient_index::PatientsByIdentifier;
 
 /// The outcome for one source item.
 #[derive(Debug)]
@@ -71,12 +75,13 @@ pub struct FileContext {
     pub expected_type: Option<Arc<str>>,
 }
 
-/// Processes one item.
+/// Processes one item. `patients` resolves conditional patient references (`patient_id`).
 pub fn process(
     item: SourceItem,
     seq: i64,
     file: &FileContext,
     deid: &dyn Deidentifier,
+    patients: Option<&PatientsByIdentifier>,
 ) -> Processed {
     match item {
         SourceItem::Line { pos, bytes } => {
@@ -94,7 +99,14 @@ pub fn process(
                 }
             };
             match serde_json::from_str::<Value>(text) {
-                Ok(value) => resource_to_row(value, pos, seq, file, deid, input_bytes, Some(bytes)),
+                Ok(value) => resource_to_row(
+                    value,
+                    pos,
+                    seq,
+                    (file, deid, patients),
+                    input_bytes,
+                    Some(bytes),
+                ),
                 Err(e) => reject(
                     pos,
                     None,
@@ -112,7 +124,7 @@ pub fn process(
             // A Bundle entry has no line of its own: its resource as read is what a reject keeps
             // in the landing zone. Taken before de-identification changes it.
             let original = serde_json::to_vec(&resource).ok();
-            resource_to_row(resource, pos, seq, file, deid, 0, original)
+            resource_to_row(resource, pos, seq, (file, deid, patients), 0, original)
         }
         SourceItem::Delete {
             pos,
@@ -174,8 +186,11 @@ fn resource_to_row(
     mut value: Value,
     pos: ItemPosition,
     seq: i64,
-    file: &FileContext,
-    deid: &dyn Deidentifier,
+    (file, deid, patients): (
+        &FileContext,
+        &dyn Deidentifier,
+        Option<&PatientsByIdentifier>,
+    ),
     input_bytes: u64,
     raw: Option<Vec<u8>>,
 ) -> Processed {
@@ -332,7 +347,7 @@ fn resource_to_row(
             raw,
         );
     };
-    let patient_id = patient_compartment(&resource_type, &id, &value);
+    let patient_id = patient_compartment(&value, patients);
     let last_updated = deidentified_last_updated(&value);
     let resource = match serde_json::to_string(&value) {
         Ok(s) => s,
@@ -370,33 +385,54 @@ fn deidentified_last_updated(resource: &Value) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
-/// The patient a resource belongs to: the Patient itself, else the first of `subject`, `patient`,
-/// `beneficiary` that references a Patient (relative, absolute or `urn:uuid`-resolved form).
-pub fn patient_compartment(resource_type: &str, id: &str, resource: &Value) -> Option<String> {
-    if resource_type == "Patient" {
-        return Some(id.to_string());
-    }
-    for field in ["subject", "patient", "beneficiary"] {
-        let Some(reference) = resource
-            .get(field)
-            .and_then(|r| r.get("reference"))
-            .and_then(Value::as_str)
-        else {
-            continue;
-        };
-        if let Some(patient) = patient_from_reference(reference) {
-            return Some(patient.to_string());
-        }
-    }
-    None
+/// The patient a resource as stored (after de-identification) belongs to, by the rule of
+/// [`compartment::patient_ref`]: the Patient itself, else the first of `subject`, `patient`,
+/// `beneficiary` that references a Patient (`Patient/x`, `.../_history/n`, an absolute URL, or a
+/// conditional `Patient?identifier=...` that `patients` resolves). A `urn:uuid:` reference is
+/// passed over: the connectors already turned the ones their Bundle names into `Patient/x`, and
+/// another names no resource the lake knows (its pseudonym is no patient's id).
+pub fn patient_compartment(
+    resource: &Value,
+    patients: Option<&PatientsByIdentifier>,
+) -> Option<String> {
+    compartment_with(resource, |system, value| {
+        patients?.resolve_stored(system, value)
+    })
 }
 
-fn patient_from_reference(reference: &str) -> Option<&str> {
-    let reference = reference.split(['?', '#']).next()?;
-    match fhir::parse_type_id(reference)? {
-        ("Patient", id) => Some(id),
-        _ => None,
+/// [`patient_compartment`] of a resource read back from the lake (a purge re-applying a policy):
+/// a conditional reference keeps the `patient_id` it was given at ingest (`stored`), when the
+/// run's patients were at hand.
+pub fn stored_patient_compartment(resource: &Value, stored: Option<&str>) -> Option<String> {
+    compartment_with(resource, |_, _| stored.map(str::to_string))
+}
+
+/// The compartment rule, with conditional references resolved by `resolve(system, value)`.
+fn compartment_with(
+    resource: &Value,
+    resolve: impl Fn(Option<&str>, &str) -> Option<String>,
+) -> Option<String> {
+    if resource.get("resourceType").and_then(Value::as_str) == Some("Patient") {
+        return match compartment::patient_ref(resource)? {
+            PatientRef::Id(id) => Some(id.to_string()),
+            PatientRef::Identifier { .. } => None,
+        };
     }
+    compartment::PATIENT_REFERENCE_FIELDS
+        .iter()
+        .find_map(|field| {
+            let reference = resource.get(field)?.get("reference")?.as_str()?;
+            if reference.starts_with("urn:uuid:") {
+                return None;
+            }
+            match pseudonym::patient_in_reference(reference) {
+                Some(id) => Some(id.to_string()),
+                None => {
+                    let (system, value) = compartment::conditional_identifier(reference)?;
+                    resolve(system.as_deref(), &value)
+                }
+            }
+        })
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -439,7 +475,7 @@ mod tests {
         let file = FileContext {
             expected_type: None,
         };
-        process(line(text), 1, &file, &Passthrough)
+        process(line(text), 1, &file, &Passthrough, None)
     }
 
     fn reason(p: Processed) -> String {
@@ -497,7 +533,7 @@ mod tests {
         };
         let text =
             r#"{"resourceType":"Patient","id":"p1","meta":{"lastUpdated":"2024-01-02T03:04:05Z"}}"#;
-        let Processed::Row(row) = process(line(text), 1, &file, &ShiftLastUpdated) else {
+        let Processed::Row(row) = process(line(text), 1, &file, &ShiftLastUpdated, None) else {
             panic!("expected a row")
         };
         assert!(row.resource.contains("2024-01-01T03:04:05Z"));
@@ -558,7 +594,7 @@ mod tests {
         let file = FileContext {
             expected_type: None,
         };
-        match process(item, 1, &file, &Passthrough) {
+        match process(item, 1, &file, &Passthrough, None) {
             Processed::Reject(r) => {
                 assert!(r.reason.contains("UTF-8"));
                 assert!(
@@ -579,6 +615,7 @@ mod tests {
             1,
             &file,
             &Passthrough,
+            None,
         );
         assert!(reason(p).contains("does not match the manifest"));
         // A manifest type that is no R4 type (it could be any text) is not repeated.
@@ -590,6 +627,7 @@ mod tests {
             1,
             &file,
             &Passthrough,
+            None,
         );
         let why = reason(p);
         assert!(why.contains("does not match the manifest") && !why.contains("JaneDoe555"));
@@ -597,16 +635,40 @@ mod tests {
 
     #[test]
     fn patient_references() {
-        assert_eq!(patient_from_reference("Patient/abc"), Some("abc"));
+        let stored = |field: &str, reference: &str| serde_json::json!({"resourceType": "Observation", "id": "o", field: {"reference": reference}});
+        let at =
+            |field: &str, reference: &str| patient_compartment(&stored(field, reference), None);
+        assert_eq!(at("subject", "Patient/abc").as_deref(), Some("abc"));
         assert_eq!(
-            patient_from_reference("https://x.org/fhir/Patient/abc"),
+            at("subject", "https://x.org/fhir/Patient/abc").as_deref(),
             Some("abc")
         );
-        assert_eq!(patient_from_reference("Group/abc"), None);
-        assert_eq!(patient_from_reference("#contained"), None);
         assert_eq!(
-            patient_from_reference("Patient/abc/_history/2"),
+            at("patient", "Patient/abc/_history/2").as_deref(),
             Some("abc")
         );
+        assert_eq!(at("beneficiary", "Patient/abc").as_deref(), Some("abc"));
+        assert_eq!(at("subject", "Group/abc"), None);
+        assert_eq!(at("subject", "#contained"), None);
+        assert_eq!(at("subject", "urn:uuid:0f3a"), None);
+        // Without an index a conditional reference names no patient; read back from the lake it
+        // keeps the one it was given.
+        assert_eq!(at("subject", "Patient?identifier=s%7C1"), None);
+        let conditional = stored("subject", "Patient?identifier=s%7C1");
+        assert_eq!(
+            stored_patient_compartment(&conditional, Some("p9")).as_deref(),
+            Some("p9")
+        );
+        let plain = stored("subject", "Patient/abc");
+        assert_eq!(
+            stored_patient_compartment(&plain, Some("p9")).as_deref(),
+            Some("abc")
+        );
+        let patient = serde_json::json!({"resourceType": "Patient", "id": "p1"});
+        assert_eq!(patient_compartment(&patient, None).as_deref(), Some("p1"));
+        // The first field that names a patient decides; one that names none is passed over.
+        let both = serde_json::json!({"resourceType": "Claim", "id": "c",
+            "subject": {"reference": "urn:uuid:0f3a"}, "patient": {"reference": "Patient/p2"}});
+        assert_eq!(patient_compartment(&both, None).as_deref(), Some("p2"));
     }
 }

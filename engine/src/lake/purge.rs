@@ -47,7 +47,7 @@ use serde_json::Value;
 use super::runs::{RunRecord, TypeCounts, record_run};
 use super::schema::timestamp_type;
 use super::{DeidStamp, Lake, TableGroup, TableId, table_stamp};
-use crate::ingest::validate::patient_compartment;
+use crate::ingest::validate::stored_patient_compartment;
 use crate::views::ViewOutcome;
 use crate::{Error, Result};
 
@@ -453,9 +453,9 @@ fn reapply_batch(engine: &PolicyEngine, table: &TableId, batch: &RecordBatch) ->
         }
         let text = serde_json::to_string(&resource)
             .map_err(|e| fail(row, format!("re-serialisation failed: {e}")))?;
-        let patient_id = patient_compartment(&resource_type, id, &resource);
-        let updated = stored_last_updated(&resource);
         let old_patient = (!patients.is_null(row)).then(|| patients.value(row));
+        let patient_id = stored_patient_compartment(&resource, old_patient);
+        let updated = stored_last_updated(&resource);
         let old_updated = (!last_updated.is_null(row)).then(|| last_updated.value(row));
         if text != old_text || patient_id.as_deref() != old_patient || updated != old_updated {
             scan.changes.push(Change::Rewrite {
