@@ -242,3 +242,45 @@ fn conditional_references_resolve_without_deidentification() {
     let stored = stored_observations(cwd, &later);
     assert_eq!(stored[0].1.as_deref(), Some("p1"));
 }
+
+#[test]
+fn a_bundles_patient_resolves_the_conditional_references_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let conditional = format!("Patient?identifier={MRN}|MRN-7");
+    let entries = observations(
+        &[
+            ("o-urn", "urn:uuid:5b1e4c0a-1f7e-4d3b-9a51-0c1f2e3d4b5a"),
+            ("o-conditional", &conditional),
+        ],
+        300,
+    );
+    let mut p7 = patient("5b1e4c0a-1f7e-4d3b-9a51-0c1f2e3d4b5a", "MRN-7");
+    p7["gender"] = json!("other");
+    let mut bundle_entries = vec![json!({
+        "fullUrl": "urn:uuid:5b1e4c0a-1f7e-4d3b-9a51-0c1f2e3d4b5a",
+        "resource": p7,
+        "request": {"method": "POST", "url": "Patient"}
+    })];
+    for o in &entries {
+        bundle_entries
+            .push(json!({"resource": o, "request": {"method": "POST", "url": "Observation"}}));
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": bundle_entries});
+    std::fs::create_dir_all(cwd.join("src")).unwrap();
+    std::fs::write(cwd.join("src/transaction.json"), bundle.to_string()).unwrap();
+    assert_code(&ingest(cwd, &["-q"], "src"), 0);
+    let p7 = lake_id_of_patient(cwd, "other");
+    let stored = stored_observations(cwd, &entries);
+    assert_eq!(
+        stored[0].1.as_deref(),
+        Some(p7.as_str()),
+        "the urn:uuid entry"
+    );
+    assert_eq!(
+        stored[1].1.as_deref(),
+        Some(p7.as_str()),
+        "the conditional one"
+    );
+    assert_eq!(stored[0].2, stored[1].2, "the same date shift");
+}
