@@ -32,10 +32,9 @@
 //! serialized de-identified JSON with no letter or digit directly before or after it (so the NPI
 //! `9999999999` is not "found" in the amount `150.81199999999998`). Values that also occur
 //! (case-insensitively) in what the profile keeps on purpose as terminology in the original
-//! export -- `Coding.display`, `CodeableConcept.text`, `Quantity.unit`, `Organization.name`, the
-//! words of the US Core race and ethnicity extensions -- are searched for in the output with
-//! those elements blanked (the city `SPRINGFIELD` is also in the organization name `CONCENTRA
-//! URGENT CARE - SPRINGFIELD`, the family name `White` is also a race); all other values in the
+//! export -- `Coding.display`, `CodeableConcept.text`, `Quantity.unit`, the words of the US Core
+//! race and ethnicity extensions -- are searched for in the output with those elements blanked
+//! (the family name `White` is also a race); all other values in the
 //! whole output. The limited data set keeps `Address.city`, so there the cities are blanked too.
 //! ZIP codes are checked where they are: only a Patient's `Address.postalCode` survives, as 3
 //! digits.
@@ -375,8 +374,8 @@ fn walk_resource<'a>(resource: &'a Value, f: &mut impl FnMut(&'a str, &'a Value)
 }
 
 /// Blanks what the profile keeps on purpose as terminology: `Coding.display`,
-/// `CodeableConcept.text`, `Quantity.unit` (and its profiles), `Organization.name`, and the `text`
-/// part of the US Core race and ethnicity extensions.
+/// `CodeableConcept.text`, `Quantity.unit` (and its profiles), and the `text` part of the US Core
+/// race and ethnicity extensions.
 fn blank_terminology(value: &mut Value, ty: &str, cities: bool) {
     let ty = if ty == "Resource" {
         value["resourceType"].as_str().unwrap_or("").to_string()
@@ -394,7 +393,6 @@ fn blank_terminology(value: &mut Value, ty: &str, cities: bool) {
     let blanked = match ty.as_str() {
         "Coding" => Some("display"),
         "CodeableConcept" => Some("text"),
-        "Organization" => Some("name"),
         "Address" if cities => Some("city"),
         t if fhir_types::is_subtype(t, "Quantity") => Some("unit"),
         _ => None,
@@ -535,7 +533,6 @@ fn kept_terminology<'a>(resources: impl Iterator<Item = &'a Value>, cities: bool
                 }
                 "Coding" => &node["display"],
                 "CodeableConcept" => &node["text"],
-                "Organization" => &node["name"],
                 "Address" if cities => &node["city"],
                 t if fhir_types::is_subtype(t, "Quantity") => &node["unit"],
                 _ => return,
@@ -1583,8 +1580,7 @@ fn limited_data_set_keeps_dates_and_places_but_not_direct_identifiers() {
         let before: HashSet<_> = before.into_iter().collect();
         assert!(after.iter().all(|d| before.contains(d)), "{what}");
         for key in ["name", "telecom"] {
-            let kept = item.orig["resourceType"] == "Organization" && key == "name";
-            assert!(kept || item.out.get(key).is_none(), "{what}: {key}");
+            assert!(item.out.get(key).is_none(), "{what}: {key}");
         }
         if item.orig["resourceType"] == "Patient" {
             assert_eq!(item.out["birthDate"], item.orig["birthDate"], "{what}");

@@ -37,12 +37,6 @@ const KEPT_ON_PURPOSE: &[(&str, &str, &str)] = &[
         "country",
         "a country names a population of millions; reviewed in the profile",
     ),
-    (
-        "Organization",
-        "name",
-        "the names of organizations (payers, hospitals) are not a patient's identifiers; \
-         reviewed in the profile",
-    ),
 ];
 
 fn key() -> DeidKey {
