@@ -32,6 +32,33 @@ pub enum Error {
         #[source]
         source: deltalake::DeltaTableError,
     },
+    /// A snapshot pin names a version older than the table's history now goes back (`fhirlake
+    /// deid purge` removed the versions before `oldest`).
+    #[error(
+        "table {table}: version {version} is no longer available (the oldest is {oldest}: history was purged)"
+    )]
+    VersionPurged {
+        /// SQL name of the table.
+        table: String,
+        /// The version asked for.
+        version: u64,
+        /// The oldest version the table still has.
+        oldest: u64,
+    },
+    /// A snapshot pin names an instant before the oldest version the table still has.
+    #[error(
+        "table {table}: {instant} is no longer available (the oldest version is {oldest}, of {committed}: history was purged)"
+    )]
+    InstantPurged {
+        /// SQL name of the table.
+        table: String,
+        /// The instant asked for (RFC 3339).
+        instant: String,
+        /// The oldest version the table still has.
+        oldest: u64,
+        /// When that version was committed (RFC 3339).
+        committed: String,
+    },
     /// Encoding results failed.
     #[error("writing results: {0}")]
     Arrow(#[from] arrow::error::ArrowError),

@@ -21,8 +21,9 @@ use datafusion::execution::disk_manager::DiskManagerBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use deltalake::DeltaTable;
-use object_store::ObjectStore;
+use deltalake::logstore::{commit_uri_from_version, extract_version_from_filename};
+use deltalake::{DeltaTable, DeltaTableError};
+use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
 use crate::service::AsOf;
@@ -168,7 +169,9 @@ pub fn limited_runtime(memory_limit: Option<usize>) -> Result<Arc<RuntimeEnv>> {
 }
 
 /// Loads `table` at the snapshot pin. Returns `false` when the table did not exist at the pin
-/// (its history has no such version, or its first commit is newer than the instant).
+/// (its history has no such version, or its first commit is newer than the instant), and
+/// [`Error::VersionPurged`] / [`Error::InstantPurged`] when the pin is older than the history the
+/// table still has (`fhirlake deid purge` removed it), before delta-rs is asked for it.
 pub async fn pin_table(table: &mut DeltaTable, as_of: AsOf, sql_name: &str) -> Result<bool> {
     let delta_err = |source| Error::Delta {
         table: sql_name.to_string(),
@@ -179,13 +182,38 @@ pub async fn pin_table(table: &mut DeltaTable, as_of: AsOf, sql_name: &str) -> R
             let Ok(version) = u64::try_from(version) else {
                 return Ok(false);
             };
-            if table.version().is_none_or(|latest| version > latest) {
+            let Some(latest) = table.version() else {
                 return Ok(false);
+            };
+            if version > latest {
+                return Ok(false);
+            }
+            if version < latest {
+                let oldest = oldest_version(table).await.map_err(delta_err)?;
+                if version < oldest {
+                    return Err(Error::VersionPurged {
+                        table: sql_name.to_string(),
+                        version,
+                        oldest,
+                    });
+                }
             }
             table.load_version(version).await.map_err(delta_err)?;
             Ok(true)
         }
         AsOf::Timestamp(instant) => {
+            let oldest = oldest_version(table).await.map_err(delta_err)?;
+            if oldest > 0
+                && let Some(committed) = commit_time(table, oldest).await
+                && instant < committed
+            {
+                return Err(Error::InstantPurged {
+                    table: sql_name.to_string(),
+                    instant: instant.to_rfc3339(),
+                    oldest,
+                    committed: committed.to_rfc3339(),
+                });
+            }
             table.load_with_datetime(instant).await.map_err(delta_err)?;
             // delta-rs falls back to the oldest version when the instant precedes the table:
             // check the loaded commit's time (the commit file's, as delta-rs' search uses).
@@ -195,6 +223,48 @@ pub async fn pin_table(table: &mut DeltaTable, as_of: AsOf, sql_name: &str) -> R
                 .is_none_or(|ts| ts <= instant.timestamp_millis()))
         }
     }
+}
+
+/// The oldest version of `table` that can still be loaded: 0 while its whole log is there,
+/// otherwise its oldest checkpoint (a purge removes every log file before the checkpoint it
+/// writes). Reads the listing of `_delta_log/`, nothing else.
+async fn oldest_version(table: &DeltaTable) -> Result<u64, DeltaTableError> {
+    let log_store = table.log_store();
+    let listing = log_store
+        .object_store(None)
+        .list_with_delimiter(Some(log_store.log_path()))
+        .await?;
+    let (mut oldest_commit, mut oldest_checkpoint) = (None::<u64>, None::<u64>);
+    for entry in &listing.objects {
+        let Some(name) = entry.location.filename() else {
+            continue;
+        };
+        let Some(version) = extract_version_from_filename(name) else {
+            continue;
+        };
+        let oldest = if name.ends_with(".json") {
+            &mut oldest_commit
+        } else {
+            &mut oldest_checkpoint
+        };
+        *oldest = Some(oldest.map_or(version, |v| v.min(version)));
+    }
+    Ok(match (oldest_commit, oldest_checkpoint) {
+        (Some(0), _) => 0,
+        (commit, checkpoint) => checkpoint.or(commit).unwrap_or(0),
+    })
+}
+
+/// When `version` of `table` was committed: its commit file's time, as delta-rs' time travel
+/// reads it; `None` when that file cannot be read.
+async fn commit_time(table: &DeltaTable, version: u64) -> Option<chrono::DateTime<chrono::Utc>> {
+    let meta = table
+        .log_store()
+        .object_store(None)
+        .head(&commit_uri_from_version(Some(version)))
+        .await
+        .ok()?;
+    Some(meta.last_modified)
 }
 
 /// The table's current version as a plain Parquet scan over exactly its active files.

@@ -295,10 +295,41 @@ fn purge_removes_a_leaked_value_from_every_file_and_every_version() {
         values.iter().all(|v| !answer.contains(v.as_str())),
         "--as-of {old_version} still returns the leaked value"
     );
-    if code(&output) != 0 {
-        // Today delta-rs' "no files in log segment", naming the first table it could not pin.
-        assert!(answer.contains("error: table "), "{answer}");
-    }
+    // It says so plainly: no delta-rs error, no ERROR log line, no storage path of the lake.
+    assert_code(&output, 2);
+    let stderr = text(&output.stderr);
+    let plain = |stderr: &str| {
+        !stderr.contains("ERROR")
+            && !stderr.contains("Delta table")
+            && !stderr.contains("log segment")
+            && !stderr.contains(lake.to_str().unwrap())
+    };
+    assert!(
+        stderr.contains(&format!(
+            ": version {old_version} is no longer available (the oldest is "
+        )) && stderr.contains(": history was purged)")
+            && stderr.starts_with("error: table ")
+            && plain(&stderr),
+        "{stderr}"
+    );
+    // The same for an instant before the oldest version left.
+    let output = run(fhirlake(cwd).args([
+        "sql",
+        "--lake",
+        "L",
+        "--as-of",
+        "2000-01-01T00:00:00Z",
+        "SELECT count(*) FROM raw.patient",
+    ]));
+    assert_code(&output, 2);
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr
+            .contains(": 2000-01-01T00:00:00+00:00 is no longer available (the oldest version is ")
+            && stderr.contains(": history was purged)")
+            && plain(&stderr),
+        "{stderr}"
+    );
 
     // Nothing else changed: rows, pseudonyms, joins, views.
     assert_eq!(raw_table_rows(cwd, "L"), rows_before);

@@ -493,6 +493,9 @@ fn flight_error_status(e: FlightError) -> Status {
 fn error_status(e: &crate::Error, _limits: &ServerLimits) -> Status {
     match e {
         crate::Error::PermissionDenied(m) => Status::permission_denied(m.clone()),
+        crate::Error::VersionPurged { .. } | crate::Error::InstantPurged { .. } => {
+            Status::not_found(e.to_string())
+        }
         crate::Error::DataFusion(df) => match df.find_root() {
             DataFusionError::ResourcesExhausted(m) => Status::resource_exhausted(format!(
                 "query exceeded the server's per-query memory limit: {m}"
