@@ -24,7 +24,7 @@ use crate::policy::{
     Fallback, Generalize, METHOD_COUNT, METHOD_NAMES, Method, Policy, ms::ProcessingErrors,
 };
 use crate::risk::AGE_BAND_EXTENSION_URL;
-use crate::vocabulary::{self, TextDecision};
+use crate::vocabulary::{self, TextDecision, Vocabulary};
 use crate::{Deidentifier, Disposition, Error, Result};
 
 /// Per-run counters, safe to update from every worker.
@@ -734,6 +734,7 @@ impl<'e> Walk<'e> {
             None
         };
         let ms = self.engine.policy.ms.is_some();
+        let vocabulary = self.engine.policy.vocabulary.as_deref();
         let kind = match type_id.index().and_then(|i| self.engine.siblings.get(i)) {
             Some(kind) if !ms => *kind,
             _ => SiblingKind::None,
@@ -741,7 +742,7 @@ impl<'e> Walk<'e> {
         let (text, years) = if kind == SiblingKind::None {
             (None, None)
         } else if kind == SiblingKind::Coded {
-            (text_decision(ty, map), None)
+            (text_decision(vocabulary, ty, map), None)
         } else {
             let (code, unit) = (map.get("code"), map.get("unit"));
             let unit = if code.is_none() && unit.is_none() {
@@ -752,12 +753,13 @@ impl<'e> Walk<'e> {
                     .and_then(years_per_unit)
                     .or_else(|| unit.and_then(Value::as_str).and_then(years_per_unit))
             };
-            (text_decision(ty, map), unit)
+            (text_decision(vocabulary, ty, map), unit)
         };
         // The same for every child (built once: it is passed to every node).
         let parent = Parent {
             ty,
             system: system.as_deref(),
+            vocabulary,
             text,
             years_per_unit: years,
         };
@@ -1710,9 +1712,11 @@ fn add_security_labels(map: &mut Map<String, Value>, ops: u8) -> bool {
 struct Parent<'a> {
     ty: &'a str,
     system: Option<&'a str>,
+    /// The steward's vocabulary (beside the built-in table).
+    vocabulary: Option<&'a Vocabulary>,
     /// `terminology` on the parent's display-like child (`Coding.display`,
     /// `CodeableConcept.text`, a quantity's `unit`), decided from its siblings.
-    text: Option<TextDecision>,
+    text: Option<TextDecision<'a>>,
     /// For a quantity: years per unit of its value (`mo` -> 1/12), when the unit is a time unit.
     years_per_unit: Option<f64>,
 }
@@ -1749,7 +1753,8 @@ fn terminology(value: &mut Value, element: &str, ty: &str, parent: &Parent<'_>) 
         fhir_types::is_resource_type(text)
     } else {
         matches!(ty, "uri" | "url" | "canonical" | "oid" | "code")
-            && vocabulary::is_known_system(text)
+            && (vocabulary::is_known_system(text)
+                || parent.vocabulary.is_some_and(|v| v.has_system(text)))
     };
     if known {
         Outcome::Keep
@@ -1806,7 +1811,11 @@ fn years_per_unit(unit: &str) -> Option<f64> {
 }
 
 /// `terminology` for the display-like child of a Coding, CodeableConcept or quantity.
-fn text_decision(ty: &str, map: &Map<String, Value>) -> Option<TextDecision> {
+fn text_decision<'v>(
+    vocabulary: Option<&'v Vocabulary>,
+    ty: &str,
+    map: &Map<String, Value>,
+) -> Option<TextDecision<'v>> {
     fn str_of<'m>(m: &'m Map<String, Value>, k: &str) -> Option<&'m str> {
         m.get(k).and_then(Value::as_str)
     }
@@ -1816,7 +1825,7 @@ fn text_decision(ty: &str, map: &Map<String, Value>) -> Option<TextDecision> {
     match ty {
         "Coding" => {
             let display = str_of(map, "display")?;
-            Some(vocabulary::decide_text(display, pair(map)))
+            Some(vocabulary::decide_text_with(vocabulary, display, pair(map)))
         }
         "CodeableConcept" => {
             let text = str_of(map, "text")?;
@@ -1825,12 +1834,13 @@ fn text_decision(ty: &str, map: &Map<String, Value>) -> Option<TextDecision> {
                 .into_iter()
                 .flatten()
                 .filter_map(|c| c.as_object().and_then(pair));
-            Some(vocabulary::decide_text(text, pairs))
+            Some(vocabulary::decide_text_with(vocabulary, text, pairs))
         }
         _ => {
             let unit = str_of(map, "unit")?;
             let known = str_of(map, "code") == Some(unit)
                 || vocabulary::is_known_unit(unit)
+                || vocabulary.is_some_and(|v| v.has_unit(unit))
                 || years_per_unit(unit).is_some();
             Some(if known {
                 TextDecision::Keep

@@ -379,3 +379,46 @@ fn conditional_patient_references_resolve_through_the_index() {
     // Not in the index: a shift of its own (never the real date).
     assert_ne!(date("Patient?identifier=MRN-other"), "2020-06-15");
 }
+
+#[test]
+fn a_stewards_vocabulary_file_keeps_the_displays_of_its_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lab.tsv"),
+        "code\thttps://terminology.stmarys.example/lab\tK1\tPotassium\tK+\nunit\tmEq/L\n",
+    )
+    .unwrap();
+    let mut policy = Policy::builtin("safe-harbor").unwrap();
+    let text = fhirlake_deid::policy::builtin_text("safe-harbor")
+        .unwrap()
+        .replace(
+            "dates_over_89 = \"redact\"",
+            "dates_over_89 = \"redact\"\nvocabulary = [\"lab.tsv\"]",
+        );
+    std::fs::write(dir.path().join("p.toml"), &text).unwrap();
+    let loaded = Policy::load(dir.path().join("p.toml").to_str().unwrap()).unwrap();
+    assert_ne!(
+        loaded.hash, policy.hash,
+        "the vocabulary is part of the policy"
+    );
+    policy = loaded;
+    let engine = PolicyEngine::new(policy, key());
+    let out = run(
+        &engine,
+        json!({"resourceType": "Observation", "id": "o1", "status": "final",
+               "code": {"coding": [{"system": "https://terminology.stmarys.example/lab", "code": "K1", "display": "K+"}],
+                        "text": "K for Nurse Ratched"},
+               "valueQuantity": {"value": 4.1, "unit": "mEq/L"}}),
+    );
+    assert_clean(&out);
+    assert_eq!(
+        out["code"],
+        json!({"coding": [{"system": "https://terminology.stmarys.example/lab", "code": "K1", "display": "K+"}],
+               "text": "Potassium"})
+    );
+    assert_eq!(out["valueQuantity"]["unit"], "mEq/L");
+    // A missing file is an error that names the policy line.
+    std::fs::remove_file(dir.path().join("lab.tsv")).unwrap();
+    let e = Policy::load(dir.path().join("p.toml").to_str().unwrap()).unwrap_err();
+    assert!(e.line > 0 && e.message.contains("vocabulary"), "{e}");
+}

@@ -117,6 +117,9 @@ pub struct Defaults {
     /// `date_shift` of a date more than 89 years before today: `Redact` removes it (Safe Harbor:
     /// a date that old is indicative of an age over 89), `Keep` shifts it like any other.
     pub dates_over_89: Fallback,
+    /// Vocabulary files the `terminology` method trusts beside the built-in table, as written in
+    /// the policy (relative to the policy file), with the 1-based line that names them.
+    pub vocabulary_files: Vec<(String, usize)>,
 }
 
 impl Default for Defaults {
@@ -130,6 +133,7 @@ impl Default for Defaults {
             date_shift_days: 180,
             restricted_zip3: RESTRICTED_ZIP3.iter().map(|s| s.to_string()).collect(),
             dates_over_89: Fallback::Keep,
+            vocabulary_files: Vec::new(),
         }
     }
 }
@@ -269,6 +273,8 @@ pub struct Policy {
     pub defaults: Defaults,
     /// Set for Microsoft anonymizer configurations: that tool's own methods and options.
     pub ms: Option<MsOptions>,
+    /// The steward's vocabulary (`[defaults] vocabulary`), loaded with the policy.
+    pub vocabulary: Option<std::sync::Arc<crate::vocabulary::Vocabulary>>,
 }
 
 impl Policy {
@@ -291,13 +297,63 @@ impl Policy {
     }
 
     /// A policy from text: a Microsoft anonymizer JSON configuration (detected by content) or TOML.
+    /// Vocabulary files it names are read relative to the current directory.
     pub fn parse(text: &str, source_name: &str, name: &str) -> Result<Self, PolicyError> {
+        Self::parse_at(text, source_name, name, None)
+    }
+
+    /// [`Policy::parse`], with vocabulary files read relative to `base` (the policy's folder).
+    pub fn parse_at(
+        text: &str,
+        source_name: &str,
+        name: &str,
+        base: Option<&std::path::Path>,
+    ) -> Result<Self, PolicyError> {
         let trimmed = text.trim_start_matches('\u{feff}').trim_start();
         if trimmed.starts_with('{') {
-            ms::parse(trimmed, source_name, name)
-        } else {
-            native::parse(text, source_name, name)
+            return ms::parse(trimmed, source_name, name);
         }
+        let mut policy = native::parse(text, source_name, name)?;
+        policy.load_vocabulary(text, source_name, base)?;
+        Ok(policy)
+    }
+
+    /// Reads the vocabulary files the policy names; the policy hash then covers them too (they
+    /// change what the policy keeps).
+    fn load_vocabulary(
+        &mut self,
+        text: &str,
+        source_name: &str,
+        base: Option<&std::path::Path>,
+    ) -> Result<(), PolicyError> {
+        if self.defaults.vocabulary_files.is_empty() {
+            return Ok(());
+        }
+        let mut vocabulary = crate::vocabulary::Vocabulary::default();
+        let mut hashed = text.to_string();
+        for (file, line) in &self.defaults.vocabulary_files {
+            let path = match base {
+                Some(base) => base.join(file),
+                None => std::path::PathBuf::from(file),
+            };
+            let content = std::fs::read_to_string(&path).map_err(|e| PolicyError {
+                source_name: source_name.to_string(),
+                line: *line,
+                column: 0,
+                message: format!("cannot read the vocabulary file {}: {e}", path.display()),
+            })?;
+            vocabulary.add_text(&content).map_err(|e| PolicyError {
+                source_name: path.display().to_string(),
+                line: e.line,
+                column: 0,
+                message: e.reason.to_string(),
+            })?;
+            hashed.push('\0');
+            hashed.push_str(&content);
+        }
+        self.hash = text_hash(&hashed);
+        self.vocabulary = Some(std::sync::Arc::new(vocabulary));
+        Ok(())
     }
 
     /// A policy from a file path, or a built-in profile when `spec` names one.
@@ -317,7 +373,7 @@ impl Policy {
             .and_then(|s| s.to_str())
             .unwrap_or("custom")
             .to_string();
-        Self::parse(&text, spec, &name)
+        Self::parse_at(&text, spec, &name, path.parent())
     }
 }
 

@@ -323,6 +323,7 @@ pub fn parse(text: &str, source_name: &str, name: &str) -> Result<Policy, Policy
             partial_zip: params.enable_partial_zip_codes_for_redact.unwrap_or(false),
             processing_errors,
         }),
+        vocabulary: None,
     })
 }
 

@@ -35,6 +35,7 @@ struct RawDefaults {
     date_shift_days: Option<Spanned<i64>>,
     restricted_zip3: Option<Spanned<Vec<String>>>,
     dates_over_89: Option<Spanned<String>>,
+    vocabulary: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +85,7 @@ pub fn parse(text: &str, source_name: &str, name: &str) -> Result<Policy, Policy
         rules,
         defaults,
         ms: None,
+        vocabulary: None,
     })
 }
 
@@ -150,6 +152,13 @@ fn defaults(ctx: &Ctx<'_>, raw: &RawDefaults) -> Result<Defaults, PolicyError> {
         date_shift_days: days,
         restricted_zip3,
         dates_over_89: fallback(ctx, &raw.dates_over_89, &[Keep, Redact], Keep)?,
+        vocabulary_files: match &raw.vocabulary {
+            None => Vec::new(),
+            Some(files) => {
+                let (line, _) = line_col(ctx.text, files.span().start);
+                files.get_ref().iter().map(|f| (f.clone(), line)).collect()
+            }
+        },
     })
 }
 

@@ -11,11 +11,15 @@
 //! code and identifier systems are also known by prefix ([`STANDARD_SYSTEM_PREFIXES`]), so a URI
 //! of a hospital's own (`https://ehr.example-hospital.org/mrn`) is not.
 //!
+//! A steward adds the codes of other sources with a [`Vocabulary`] file in the same format, named
+//! by the policy (`[defaults] vocabulary = ["loinc.tsv"]`); `scripts/gen-vocabulary.py` writes one
+//! from terminology artifacts (FHIR CodeSystem resources, ValueSet expansions), which carry the
+//! code system's own displays — not from a source's data, whose displays may have been typed.
+//!
 //! Written here rather than taken from a terminology server: de-identification runs offline, in the
-//! ingest workers, and must not send codes or text anywhere. A steward-supplied vocabulary file is
-//! the next step (README, "Next").
+//! ingest workers, and must not send codes or text anywhere.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::LazyLock;
 
@@ -52,15 +56,16 @@ pub const STANDARD_SYSTEM_PREFIXES: &[&str] = &[
     "https://github.com/synthetichealth/synthea",
 ];
 
-struct Vocabulary {
+/// The built-in table, borrowed from the text compiled in.
+struct Builtin {
     /// system -> code -> displays (canonical first).
     codes: FastMap<FastMap<Vec<&'static str>>>,
     systems: FastSet,
     units: FastSet,
 }
 
-static VOCABULARY: LazyLock<Vocabulary> = LazyLock::new(|| {
-    let mut v = Vocabulary {
+static VOCABULARY: LazyLock<Builtin> = LazyLock::new(|| {
+    let mut v = Builtin {
         codes: FastMap::default(),
         systems: FastSet::default(),
         units: FastSet::default(),
@@ -108,33 +113,138 @@ pub fn is_known_unit(unit: &str) -> bool {
 /// What happens to a display-like text beside codings: kept, replaced by a canonical display, or
 /// removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TextDecision {
+pub enum TextDecision<'v> {
     /// The text is a known display of one of the codes.
     Keep,
     /// Replace with this display (the canonical display of the first known code).
-    Replace(&'static str),
+    Replace(&'v str),
     /// No known code: the text goes.
     Remove,
 }
 
-/// Decides a display-like `text` beside `codings` (`(system, code)` pairs).
+/// Decides a display-like `text` beside `codings` (`(system, code)` pairs) by the built-in table.
 pub fn decide_text<'a>(
     text: &str,
     codings: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> TextDecision {
-    let mut first = None;
+) -> TextDecision<'static> {
+    decide_text_with(None, text, codings)
+}
+
+/// [`decide_text`] by the built-in table and a steward's `extra` vocabulary.
+pub fn decide_text_with<'v, 'a>(
+    extra: Option<&'v Vocabulary>,
+    text: &str,
+    codings: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> TextDecision<'v> {
+    let mut first: Option<&'v str> = None;
     for (system, code) in codings {
-        let Some(known) = displays(system, code) else {
-            continue;
-        };
-        if known.contains(&text) {
-            return TextDecision::Keep;
+        if let Some(known) = displays(system, code) {
+            if known.contains(&text) {
+                return TextDecision::Keep;
+            }
+            first = first.or(known.first().copied());
         }
-        if first.is_none() {
-            first = known.first().copied();
+        if let Some(known) = extra.and_then(|v| v.displays(system, code)) {
+            if known.iter().any(|d| d == text) {
+                return TextDecision::Keep;
+            }
+            first = first.or(known.first().map(String::as_str));
         }
     }
     first.map_or(TextDecision::Remove, TextDecision::Replace)
+}
+
+/// Codes, systems and units a steward adds to the built-in table: a file in its format (lines
+/// `code<TAB>system<TAB>code<TAB>display...`, `system<TAB>uri`, `unit<TAB>text`; `#` comments).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vocabulary {
+    codes: HashMap<String, HashMap<String, Vec<String>>>,
+    systems: HashSet<String>,
+    units: HashSet<String>,
+}
+
+/// A line of a vocabulary file that is not in the format (1-based line; never its text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct VocabularyError {
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+impl Vocabulary {
+    /// Parses a vocabulary file and adds it to this one.
+    pub fn add_text(&mut self, text: &str) -> Result<(), VocabularyError> {
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split('\t');
+            let error = |reason| VocabularyError {
+                line: i + 1,
+                reason,
+            };
+            match fields.next() {
+                Some("system") => {
+                    let uri = fields.next().filter(|u| u.contains(':'));
+                    self.systems
+                        .insert(uri.ok_or(error("a system line needs a URI"))?.to_string());
+                }
+                Some("unit") => {
+                    let unit = fields.next().filter(|u| !u.is_empty());
+                    self.units
+                        .insert(unit.ok_or(error("a unit line needs a unit"))?.to_string());
+                }
+                Some("code") => {
+                    let (Some(system), Some(code)) = (fields.next(), fields.next()) else {
+                        return Err(error("a code line needs a system and a code"));
+                    };
+                    if system.is_empty() || code.is_empty() {
+                        return Err(error("a code line needs a system and a code"));
+                    }
+                    let displays = self
+                        .codes
+                        .entry(system.to_string())
+                        .or_default()
+                        .entry(code.to_string())
+                        .or_default();
+                    for display in fields.filter(|d| !d.is_empty()) {
+                        if !displays.iter().any(|d| d == display) {
+                            displays.push(display.to_string());
+                        }
+                    }
+                    self.systems.insert(system.to_string());
+                }
+                _ => return Err(error("a line starts with code, system or unit")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The displays of `code` in `system` (canonical first), `None` when not in this vocabulary.
+    pub fn displays(&self, system: &str, code: &str) -> Option<&[String]> {
+        self.codes
+            .get(system)
+            .and_then(|codes| codes.get(code))
+            .map(Vec::as_slice)
+    }
+
+    /// True for a system of this vocabulary.
+    pub fn has_system(&self, uri: &str) -> bool {
+        self.systems.contains(uri)
+    }
+
+    /// True for a unit of this vocabulary.
+    pub fn has_unit(&self, unit: &str) -> bool {
+        self.units.contains(unit)
+    }
+
+    /// Number of codes.
+    pub fn code_count(&self) -> usize {
+        self.codes.values().map(HashMap::len).sum()
+    }
 }
 
 #[cfg(test)]
@@ -166,5 +276,33 @@ mod tests {
             "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14"
         ));
         assert!(is_known_unit("mg/dL") && !is_known_unit("John"));
+    }
+
+    #[test]
+    fn a_stewards_vocabulary_adds_codes_systems_and_units() {
+        let mut extra = Vocabulary::default();
+        extra
+            .add_text(
+                "# local\ncode\thttps://terminology.example/lab\tK1\tPotassium\tK+\nunit\tmEq/L\n",
+            )
+            .unwrap();
+        let sys = "https://terminology.example/lab";
+        assert!(extra.has_system(sys) && extra.has_unit("mEq/L"));
+        assert_eq!(
+            decide_text_with(Some(&extra), "K+", [(sys, "K1")]),
+            TextDecision::Keep
+        );
+        assert_eq!(
+            decide_text_with(Some(&extra), "K for Mr Smith", [(sys, "K1")]),
+            TextDecision::Replace("Potassium")
+        );
+        assert_eq!(decide_text("K+", [(sys, "K1")]), TextDecision::Remove);
+        let e = Vocabulary::default().add_text("code\tx\n").unwrap_err();
+        assert_eq!(e.line, 1);
+        let e = Vocabulary::default()
+            .add_text("\nbogus\tJohn Smith\n")
+            .unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(!e.to_string().contains("John"));
     }
 }
