@@ -1,32 +1,67 @@
 //! Policy coverage over the FHIR R4 type table: what a policy does to every element of every
 //! resource type, and which elements only a default decides.
 //!
-//! [`report`] generates one instance per resource type with every element once ([`generate`]
-//! with [`EveryElement`], plus the extensions the policy names in `where(url='...')`), runs it
-//! through [`PolicyEngine::explain`] (the engine's real semantics, not a re-implementation of
-//! rule matching) and merges the entries by element path ([`element_path`]: array indices
-//! dropped, choice elements as `value[x]:valueQuantity`, nested resources as
-//! `contained.ofType(Organization)`, named extensions as `extension('url')`). `fhirlake deid
-//! policy show --coverage` prints it; `fhirlake deid explain` labels its lines the same way.
+//! [`report`] generates instances of every resource type with every element once ([`generate`]
+//! with [`EveryElement`], plus the extensions the policy names in `where(url='...')`, each with
+//! the value type its condition asks for), runs them through [`PolicyEngine::explain`] (the
+//! engine's real semantics, not a re-implementation of rule matching) and merges the entries by
+//! element path ([`element_path`]: array indices dropped, choice elements as
+//! `value[x]:valueQuantity`, nested resources as `contained.ofType(Organization)`, named
+//! extensions as `extension('url')`). `fhirlake deid policy show --coverage` prints it;
+//! `fhirlake deid explain` labels its lines the same way.
+//!
+//! Where a disposition depends on the value (`terminology` keeps a known display and removes a
+//! typed one, `generalize` keeps a ZIP3 but removes what is no ZIP, a date over 89 years back is
+//! removed), one instance cannot show both fates. So each type is generated three times
+//! ([`INSTANCES`]): with tokens (text nobody vetted), with plausible values (known codes,
+//! displays, units, systems, a ZIP, recent dates: [`Values::Plausible`]) and with the same
+//! values but dates over 89 years back. A path whose dispositions differ between the instances
+//! is flagged [`Row::depends_on_value`]. What the engine writes itself, the 90+ age band
+//! extension, is listed as `added`, by the rule that removed the birth date.
 
 pub mod generate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 use regex::Regex;
 use serde_json::Value;
 
+use crate::policy::{Generalize, Method};
+use crate::risk::AGE_BAND_EXTENSION_URL;
 use crate::{Policy, PolicyEngine, fhir_types};
 pub use generate::{
     Ask, Choices, EveryElement, Generated, NamedExtension, Options, STRING_LIKE_TYPES, Token,
-    generate, resource_types, surviving,
+    Values, dates_over_89, generate, resource_types, surviving,
 };
 
 /// How deep [`report`] generates: the resource's elements, their datatypes and three more
 /// levels (`Patient.contact.name.period.start`, `Patient.extension.extension.valueCoding.code`).
 pub const REPORT_DEPTH: usize = 4;
+
+/// The instances [`report`] runs per resource type (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instance {
+    /// [`Values::Tokens`].
+    Tokens,
+    /// [`Values::Plausible`].
+    Plausible,
+    /// [`Values::Plausible`] after [`dates_over_89`].
+    PlausibleOver89,
+}
+
+/// Every [`Instance`], in the order [`report`] runs them.
+pub const INSTANCES: [Instance; 3] = [
+    Instance::Tokens,
+    Instance::Plausible,
+    Instance::PlausibleOver89,
+];
+
+/// The `rule_path` (method `engine`) of an `added` row of the 90+ age band extension when the
+/// rule that made the engine add it is not found. The rows name that rule: the `generalize` rule
+/// with `over_89_band` that removed the resource's birth date.
+pub const ENGINE_AGE_BAND: &str = "engine (90+ band)";
 
 /// One element path and what the policy does there (one row per distinct disposition).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -35,7 +70,9 @@ pub struct Row {
     pub resource_type: String,
     /// Element path, [`element_path`] form (`Patient.name.family`).
     pub path: String,
-    /// `kept`, `changed`, `removed` or `resource dropped`.
+    /// `kept`, `changed`, `removed`, `resource dropped`, or `added`: not in the input, written
+    /// by the engine because the rule named removed a birth date 90 or more years back (the age
+    /// band extension).
     pub outcome: String,
     /// 0-based rule index; `None` when a default decided.
     pub rule: Option<usize>,
@@ -45,8 +82,13 @@ pub struct Row {
     pub method: String,
     /// True when no rule decided: the policy's `[defaults]` did.
     pub default: bool,
-    /// Values of the generated instance seen with this disposition.
+    /// Values of the generated instances seen with this disposition.
     pub values: u64,
+    /// True when this disposition was not seen in every generated instance ([`INSTANCES`]): what
+    /// happens there depends on the value (a known display is kept, a typed one removed; the age
+    /// band is added for a birth date over 89 years back), and the path's other rows say what
+    /// else can happen.
+    pub depends_on_value: bool,
 }
 
 /// What a policy does to every element path of the resource types asked for.
@@ -85,6 +127,10 @@ pub struct Summary {
     pub defaulted: usize,
     /// Paths a default keeps as they were: what a default-deny profile must have none of.
     pub kept_by_default: usize,
+    /// Paths the engine writes itself (the 90+ age band).
+    pub added: usize,
+    /// Paths whose disposition depends on the value ([`Row::depends_on_value`]).
+    pub depends_on_value: usize,
 }
 
 impl Summary {
@@ -106,6 +152,8 @@ impl Summary {
             resource_dropped: distinct(&|r| r.outcome == "resource dropped"),
             defaulted: distinct(&|r| r.default),
             kept_by_default: distinct(&|r| r.default && r.outcome == "kept"),
+            added: distinct(&|r| r.outcome == "added"),
+            depends_on_value: distinct(&|r| r.depends_on_value),
         }
     }
 }
@@ -123,7 +171,7 @@ impl Report {
     }
 
     /// The report as a text table: one line per element path and disposition, paths left to a
-    /// default flagged `DEFAULT`.
+    /// default flagged `DEFAULT`, paths whose disposition depends on the value `VALUE`.
     pub fn render_table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -142,16 +190,22 @@ impl Report {
             .clamp(20, 90);
         let _ = writeln!(
             out,
-            "{:<width$} {:<16} {:<7} rule",
+            "{:<width$} {:<16} {:<13} rule",
             "path", "outcome", "flag"
         );
         for row in &self.rows {
+            let flag = match (row.default, row.depends_on_value) {
+                (true, true) => "DEFAULT,VALUE",
+                (true, false) => "DEFAULT",
+                (false, true) => "VALUE",
+                (false, false) => "",
+            };
             let _ = writeln!(
                 out,
-                "{:<width$} {:<16} {:<7} {}",
+                "{:<width$} {:<16} {:<13} {}",
                 row.path,
                 row.outcome,
-                if row.default { "DEFAULT" } else { "" },
+                flag,
                 rule_label(row.rule, &row.rule_path, &row.method)
             );
         }
@@ -162,19 +216,22 @@ impl Report {
         out
     }
 
-    /// `N element paths: K kept, ... D decided by a default (X of them kept)`.
+    /// `N element paths: K kept, ... D decided by a default (X of them kept); V depend on the
+    /// value` (a path counts once per outcome it has).
     pub fn summary_line(&self) -> String {
         let s = &self.summary;
         format!(
-            "{} element paths: {} kept, {} changed, {} removed, {} drop the resource; {} decided \
-             by a default ({} of them kept)",
+            "{} element paths: {} kept, {} changed, {} removed, {} drop the resource, {} added (90+ \
+             band); {} decided by a default ({} of them kept); {} depend on the value",
             s.paths,
             s.kept,
             s.changed,
             s.removed,
             s.resource_dropped,
+            s.added,
             s.defaulted,
-            s.kept_by_default
+            s.kept_by_default,
+            s.depends_on_value
         )
     }
 }
@@ -197,18 +254,23 @@ pub fn report(engine: &PolicyEngine, types: &[&str]) -> Report {
     let policy = engine.policy();
     let named = named_extensions(policy);
     let urls = named_urls(policy);
-    let options = Options {
+    // An age band in the input (a policy naming its url) is not one the engine added.
+    let band_generated = named.iter().any(|n| n.url == AGE_BAND_EXTENSION_URL);
+    let options = |values| Options {
         max_depth: REPORT_DEPTH,
         max_items: 1,
-        named_extensions: named,
+        named_extensions: named.clone(),
+        values,
     };
+    let (tokens, plausible) = (options(Values::Tokens), options(Values::Plausible));
     let all = resource_types();
     let types: Vec<&str> = if types.is_empty() {
         all.clone()
     } else {
         types.to_vec()
     };
-    let mut merged: BTreeMap<RowKey, u64> = BTreeMap::new();
+    // Row key -> (values, the instances it was seen in as a bit set).
+    let mut merged: BTreeMap<RowKey, (u64, u8)> = BTreeMap::new();
     let mut errors = Vec::new();
     for &rt in &types {
         if !fhir_types::is_resource_type(rt) {
@@ -218,39 +280,112 @@ pub fn report(engine: &PolicyEngine, types: &[&str]) -> Report {
             ));
             continue;
         }
-        let generated = generate(rt, &options, &mut EveryElement::default());
-        let original = generated.resource;
-        let mut resource = original.clone();
-        let (result, entries) = engine.explain(&mut resource);
-        if let Err(e) = result {
-            errors.push((rt.to_string(), e.to_string()));
-        }
-        for e in entries {
-            let path = element_path(&original, &e.path, &urls);
-            *merged
-                .entry((
+        let mut plausible_instance = Value::Null;
+        // The instances share their shape (the same choices; only values differ), so a JSON path
+        // has one element path in all of them.
+        let mut paths: HashMap<String, String> = HashMap::new();
+        for (i, instance) in INSTANCES.into_iter().enumerate() {
+            let seen_in = 1u8 << i;
+            let original = match instance {
+                Instance::Tokens => generate(rt, &tokens, &mut EveryElement::default()).resource,
+                Instance::Plausible => {
+                    plausible_instance =
+                        generate(rt, &plausible, &mut EveryElement::default()).resource;
+                    plausible_instance.clone()
+                }
+                Instance::PlausibleOver89 => {
+                    let mut old = std::mem::take(&mut plausible_instance);
+                    dates_over_89(&mut old);
+                    old
+                }
+            };
+            let mut resource = original.clone();
+            let (result, entries) = engine.explain(&mut resource);
+            if let Err(e) = result {
+                // One message per type: the instances share their shape.
+                if !errors.iter().any(|(t, _)| t == rt) {
+                    errors.push((rt.to_string(), e.to_string()));
+                }
+            }
+            let mut add = |key: RowKey| {
+                let (values, instances) = merged.entry(key).or_default();
+                *values += 1;
+                *instances |= seen_in;
+            };
+            // Where a rule with the 90+ band removed a birth date: (JSON path, rule).
+            let banded: Vec<(String, usize)> = entries
+                .iter()
+                .filter(|e| e.outcome == "removed")
+                .filter_map(|e| Some((e.path.clone(), e.rule?)))
+                .filter(|(_, i)| policy.rules.get(*i).is_some_and(has_age_band))
+                .collect();
+            for e in entries {
+                let path = match paths.get(&e.path) {
+                    Some(path) => path.clone(),
+                    None => {
+                        let path = element_path(&original, &e.path, &urls);
+                        paths.insert(e.path, path.clone());
+                        path
+                    }
+                };
+                add((
                     rt.to_string(),
                     path,
                     e.outcome,
                     e.rule,
                     e.rule_path,
                     e.method,
-                ))
-                .or_default() += 1;
+                ));
+            }
+            if !band_generated {
+                for json_path in age_bands(&resource) {
+                    // The rule whose removal of a birth date in this resource added the band
+                    // (the resource's own, not a nested one's: the shortest path).
+                    let owner = json_path
+                        .rsplit_once(".extension[")
+                        .map_or("", |(owner, _)| owner);
+                    let rule = banded
+                        .iter()
+                        .filter(|(p, _)| {
+                            p.strip_prefix(owner)
+                                .is_some_and(|rest| rest.starts_with('.'))
+                        })
+                        .min_by_key(|(p, _)| p.len())
+                        .map(|(_, i)| *i);
+                    let (rule_path, method) = match rule.and_then(|i| policy.rules.get(i)) {
+                        Some(r) => (r.selector.text().to_string(), r.method.name().to_string()),
+                        None => (ENGINE_AGE_BAND.to_string(), "engine".to_string()),
+                    };
+                    for leaf in ["url", "valueString"] {
+                        let path = element_path(&resource, &format!("{json_path}.{leaf}"), &urls);
+                        add((
+                            rt.to_string(),
+                            path,
+                            "added".to_string(),
+                            rule,
+                            rule_path.clone(),
+                            method.clone(),
+                        ));
+                    }
+                }
+            }
         }
     }
+    // A disposition not seen in every instance depends on the value.
+    let every: u8 = (1 << INSTANCES.len()) - 1;
     let rows: Vec<Row> = merged
         .into_iter()
         .map(
-            |((resource_type, path, outcome, rule, rule_path, method), values)| Row {
+            |((resource_type, path, outcome, rule, rule_path, method), (values, instances))| Row {
                 resource_type,
                 path,
                 outcome,
-                default: rule.is_none(),
+                default: rule.is_none() && method == "default",
                 rule,
                 rule_path,
                 method,
                 values,
+                depends_on_value: instances != every,
             },
         )
         .collect();
@@ -264,10 +399,64 @@ pub fn report(engine: &PolicyEngine, types: &[&str]) -> Report {
     }
 }
 
-/// `extension.where(url='...')` / `modifierExtension.where(url = '...')` in a rule path.
+/// JSON paths (the engine's form, `Bundle.entry[0].resource.extension[2]`) of the 90+ age band
+/// extensions in a de-identified `resource`, nested resources included.
+fn age_bands(resource: &Value) -> Vec<String> {
+    fn walk(value: &Value, path: &str, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let path = format!("{path}.{key}");
+                    if key == "extension"
+                        && let Value::Array(items) = child
+                    {
+                        for (i, item) in items.iter().enumerate() {
+                            if item.get("url").and_then(Value::as_str)
+                                == Some(AGE_BAND_EXTENSION_URL)
+                            {
+                                out.push(format!("{path}[{i}]"));
+                            }
+                        }
+                    }
+                    walk(child, &path, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(rt) = resource.get("resourceType").and_then(Value::as_str) {
+        walk(resource, rt, &mut out);
+    }
+    out
+}
+
+/// True for a `generalize` rule with `over_89_band` (the engine adds its age band extension
+/// where it removes a birth date).
+fn has_age_band(rule: &crate::policy::Rule) -> bool {
+    matches!(
+        rule.method,
+        Method::Generalize(Generalize::Year { over_89_band: true })
+    )
+}
+
+/// True when `policy` has a rule that can make the engine add its age band extension.
+fn adds_age_band(policy: &Policy) -> bool {
+    policy.rules.iter().any(has_age_band)
+}
+
+/// `extension.where(url='...')` / `modifierExtension.where(url = '...')` in a rule path, maybe
+/// with a value type: `where(url='...' and value.ofType(Coding).exists())`.
 static EXTENSION_URL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:^|\.)(extension|modifierExtension)\.where\(\s*url\s*=\s*'([^']*)'\s*\)")
-        .expect("a valid pattern")
+    Regex::new(
+        r"(?:^|\.)(extension|modifierExtension)\.where\(\s*url\s*=\s*'([^']*)'\s*(?:and\s+value\.ofType\(\s*(?:FHIR\.)?([A-Za-z]+)\s*\)\.exists\(\s*\)\s*)?\)",
+    )
+    .expect("a valid pattern")
 });
 
 /// Any `url = '...'` literal.
@@ -277,7 +466,12 @@ static ANY_URL: LazyLock<Regex> =
 /// The extension urls `policy` names in its rules' `where(url='...')` conditions, with where to
 /// generate them: at the element the path names before `.extension` when that part is a plain
 /// path from a resource type (`Patient.extension.where(url=...)`: on the Patient), otherwise in
-/// every extension array of the rule's resource type (or of any resource).
+/// every extension array of the rule's resource type (or of any resource), a sub-extension
+/// (`...extension.where(url='a').extension.where(url='b')`) only inside its extension; and with
+/// the value
+/// type the condition asks for (`where(url='...' and value.ofType(Coding).exists())`: a
+/// valueCoding). A condition of another form names its urls all the same (every `url = '...'`
+/// literal), placed everywhere, with the value types in turn.
 pub fn named_extensions(policy: &Policy) -> Vec<NamedExtension> {
     let mut out: Vec<NamedExtension> = Vec::new();
     let mut push = |n: NamedExtension| {
@@ -293,11 +487,24 @@ pub fn named_extensions(policy: &Policy) -> Vec<NamedExtension> {
             .filter(|r| fhir_types::is_resource_type(r))
             .map(str::to_string);
         let mut caught = Vec::new();
+        // The extension a match follows directly (`...where(url='a').extension.where(url='b')`:
+        // `b` is a sub-extension of `a`): (end of its match, url).
+        let mut previous: Option<(usize, String)> = None;
         for m in EXTENSION_URL.captures_iter(text) {
             let (Some(whole), Some(kind), Some(url)) = (m.get(0), m.get(1), m.get(2)) else {
                 continue;
             };
+            let value_type = m
+                .get(3)
+                .map(|t| t.as_str())
+                .filter(|t| fhir_types::is_known_type(t))
+                .map(str::to_string);
             caught.push(url.start());
+            let within = previous
+                .take()
+                .filter(|(end, _)| *end == whole.start())
+                .map(|(_, url)| url);
+            previous = Some((whole.end(), url.as_str().to_string()));
             let prefix = &text[..whole.start()];
             let mut segments = prefix.split('.');
             let first = segments.next().unwrap_or("");
@@ -313,6 +520,8 @@ pub fn named_extensions(policy: &Policy) -> Vec<NamedExtension> {
                 resource_type: root.clone(),
                 at: plain.then(|| rest.iter().map(|s| s.to_string()).collect()),
                 modifier: kind.as_str() == "modifierExtension",
+                value_type,
+                within,
             });
         }
         for m in ANY_URL.captures_iter(text) {
@@ -326,6 +535,8 @@ pub fn named_extensions(policy: &Policy) -> Vec<NamedExtension> {
                     resource_type: root.clone(),
                     at: None,
                     modifier,
+                    value_type: None,
+                    within: None,
                 });
             }
         }
@@ -333,12 +544,16 @@ pub fn named_extensions(policy: &Policy) -> Vec<NamedExtension> {
     out
 }
 
-/// The extension urls a policy names (what [`element_path`] spells out).
+/// The extension urls a policy names (what [`element_path`] spells out), and the engine's own
+/// 90+ age band url when the policy can make the engine add it.
 pub fn named_urls(policy: &Policy) -> Vec<String> {
     let mut urls: Vec<String> = named_extensions(policy)
         .into_iter()
         .map(|n| n.url)
         .collect();
+    if adds_age_band(policy) {
+        urls.push(AGE_BAND_EXTENSION_URL.to_string());
+    }
     urls.sort_unstable();
     urls.dedup();
     urls
@@ -415,6 +630,7 @@ pub fn element_path(resource: &Value, json_path: &str, named_urls: &[String]) ->
 mod tests {
     use super::*;
     use crate::DeidKey;
+    use serde_json::json;
 
     fn key() -> DeidKey {
         DeidKey::from_bytes(&[7; 32], "test").expect("a key")
@@ -644,6 +860,8 @@ mod tests {
                 resource_type: Some("Patient".into()),
                 at: Some(Vec::new()),
                 modifier: false,
+                value_type: None,
+                within: None,
             }]
         );
         let options = Options {
@@ -853,6 +1071,7 @@ mod tests {
             }
             for row in &report.rows {
                 assert_eq!(row.default, row.rule.is_none());
+                assert_eq!(row.default, row.method == "default");
                 assert!(row.path.starts_with(&row.resource_type));
                 let no_choices = row.path.replace("[x]", "");
                 assert!(!no_choices.contains('['), "an index in {}", row.path);
@@ -865,5 +1084,325 @@ mod tests {
         );
         assert_eq!(bad.errors.len(), 1);
         assert!(bad.rows.is_empty());
+    }
+
+    #[test]
+    fn value_type_conditions_are_read_and_others_fall_back() {
+        let policy = Policy::builtin("safe-harbor").expect("a built-in");
+        let named = named_extensions(&policy);
+        let find =
+            |url: &str| -> Vec<&NamedExtension> { named.iter().filter(|n| n.url == url).collect() };
+        let omb = find("ombCategory");
+        assert_eq!(omb.len(), 2, "race and ethnicity: {omb:?}");
+        for (n, parent) in omb.iter().zip([
+            crate::risk::US_CORE_RACE_URL,
+            crate::risk::US_CORE_ETHNICITY_URL,
+        ]) {
+            assert_eq!(
+                (
+                    n.value_type.as_deref(),
+                    n.within.as_deref(),
+                    n.at.as_ref(),
+                    n.modifier
+                ),
+                (Some("Coding"), Some(parent), None, false),
+                "a sub-extension: inside its extension only"
+            );
+            assert_eq!(n.resource_type.as_deref(), Some("Patient"));
+        }
+        let birth_sex = find("http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex");
+        assert_eq!(birth_sex.len(), 1);
+        assert_eq!(
+            (
+                birth_sex[0].value_type.as_deref(),
+                birth_sex[0].at.as_deref()
+            ),
+            (Some("code"), Some(&[][..]))
+        );
+        let race = find(crate::risk::US_CORE_RACE_URL);
+        assert_eq!(race.len(), 1);
+        assert_eq!((&race[0].value_type, &race[0].within), (&None, &None));
+        // A condition of another form (or an unknown type): every url literal, everywhere, the
+        // value types in turn.
+        let other = Policy::parse(
+            r#"
+            name = "conditions"
+            [[rules]]
+            path = "Observation.extension.where(url='http://a.example/x' and value.exists())"
+            method = "keep"
+            [[rules]]
+            path = "Observation.extension.where(url='http://a.example/y' and value.ofType(Nope).exists())"
+            method = "keep"
+            "#,
+            "test",
+            "conditions",
+        )
+        .expect("a policy");
+        let named = named_extensions(&other);
+        let x: Vec<&NamedExtension> = named
+            .iter()
+            .filter(|n| n.url == "http://a.example/x")
+            .collect();
+        assert_eq!(x.len(), 2, "extension and modifierExtension: {x:?}");
+        assert!(x.iter().all(|n| n.at.is_none() && n.value_type.is_none()));
+        let y: Vec<&NamedExtension> = named
+            .iter()
+            .filter(|n| n.url == "http://a.example/y")
+            .collect();
+        assert_eq!(y.len(), 1, "{y:?}");
+        assert_eq!(
+            (y[0].at.as_deref(), y[0].value_type.as_deref()),
+            (Some(&[][..]), None)
+        );
+    }
+
+    #[test]
+    fn named_extensions_get_the_value_type_their_rule_asks_for() {
+        let options = Options {
+            named_extensions: vec![NamedExtension {
+                url: "http://a.example/coded".into(),
+                resource_type: Some("Patient".into()),
+                at: None,
+                modifier: false,
+                value_type: Some("Coding".into()),
+                within: None,
+            }],
+            ..Options::default()
+        };
+        let patient = generate("Patient", &options, &mut EveryElement::default()).resource;
+        let mut found = Vec::new();
+        fn walk<'v>(v: &'v Value, out: &mut Vec<&'v serde_json::Map<String, Value>>) {
+            match v {
+                Value::Object(m) => {
+                    if m.get("url").and_then(Value::as_str) == Some("http://a.example/coded") {
+                        out.push(m);
+                    }
+                    m.values().for_each(|v| walk(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        walk(&patient, &mut found);
+        // On the Patient and inside its extensions; at the depth limit a Coding does not fit,
+        // and there the extension has no value at all rather than one of another type.
+        let mut coded = 0;
+        for ext in &found {
+            let values: Vec<&String> = ext.keys().filter(|k| k.starts_with("value")).collect();
+            if !values.is_empty() {
+                assert_eq!(values, ["valueCoding"]);
+                assert!(ext["valueCoding"]["code"].is_string());
+                coded += 1;
+            }
+        }
+        assert!(
+            coded > 2 && found.len() > coded,
+            "{coded} of {}",
+            found.len()
+        );
+    }
+
+    #[test]
+    fn plausible_instances_hold_values_a_policy_may_keep() {
+        let options = Options {
+            values: Values::Plausible,
+            ..Options::default()
+        };
+        let generated = generate("Patient", &options, &mut EveryElement::default());
+        let patient = &generated.resource;
+        let (system, code, display) = generate::PLAUSIBLE_CODING;
+        assert!(
+            crate::vocabulary::displays(system, code).is_some_and(|d| d.contains(&display)),
+            "the vocabulary knows the plausible coding"
+        );
+        let coding = &patient["maritalStatus"]["coding"][0];
+        assert_eq!(
+            (&coding["system"], &coding["code"], &coding["display"]),
+            (&json!(system), &json!(code), &json!(display))
+        );
+        assert_eq!(patient["maritalStatus"]["text"], display);
+        assert_eq!(patient["address"][0]["postalCode"], generate::PLAUSIBLE_ZIP);
+        assert_eq!(
+            patient["identifier"][0]["system"],
+            generate::PLAUSIBLE_IDENTIFIER_SYSTEM
+        );
+        assert!(crate::vocabulary::is_known_system(
+            generate::PLAUSIBLE_IDENTIFIER_SYSTEM
+        ));
+        assert_eq!(patient["birthDate"], generate::PLAUSIBLE_DATE);
+        let last_updated = patient["meta"]["lastUpdated"].as_str().unwrap_or("");
+        assert!(
+            last_updated.starts_with(generate::PLAUSIBLE_DATE),
+            "{last_updated}"
+        );
+        // Free text still carries tokens; replaced values are no tokens.
+        assert!(
+            patient["name"][0]["family"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("zqx")
+        );
+        assert!(
+            !generated
+                .tokens
+                .iter()
+                .any(|t| t.json_path == "Patient.address[0].postalCode"
+                    || t.json_path == "Patient.maritalStatus.coding[0].display")
+        );
+        let text = patient.to_string();
+        assert_eq!(
+            surviving(&text, &generated.tokens).len(),
+            generated.tokens.len()
+        );
+        // The same shape as the token instance: the same choices were made.
+        let tokens = generate("Patient", &Options::default(), &mut EveryElement::default());
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        fn keys(v: &Value, path: &str, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => m
+                    .iter()
+                    .for_each(|(k, v)| keys(v, &format!("{path}.{k}"), out)),
+                Value::Array(x) => x.iter().for_each(|v| keys(v, &format!("{path}[]"), out)),
+                _ => out.push(path.to_string()),
+            }
+        }
+        keys(patient, "", &mut a);
+        keys(&tokens.resource, "", &mut b);
+        assert_eq!(a, b);
+        let mut old = patient.clone();
+        dates_over_89(&mut old);
+        assert_eq!(old["birthDate"], generate::PLAUSIBLE_OVER_89_DATE);
+        assert!(
+            old["meta"]["lastUpdated"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(generate::PLAUSIBLE_OVER_89_DATE))
+        );
+        assert!(!old.to_string().contains(generate::PLAUSIBLE_DATE));
+    }
+
+    #[test]
+    fn safe_harbor_report_names_what_depends_on_the_value_and_what_the_engine_adds() {
+        let engine = engine(Policy::builtin("safe-harbor").expect("a built-in"));
+        let report = report(&engine, &["Patient", "Observation"]);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let outcomes = |path: &str| -> Vec<(String, String, bool)> {
+            report
+                .rows_for(path)
+                .filter(|r| r.resource_type == path.split('.').next().unwrap_or(""))
+                .map(|r| (r.outcome.clone(), r.method.clone(), r.depends_on_value))
+                .collect()
+        };
+        let has = |path: &str, outcome: &str, method: &str| {
+            outcomes(path)
+                .iter()
+                .any(|(o, m, _)| o == outcome && m == method)
+        };
+        // 1. Sub-extensions allowed with one value type are generated with it.
+        let race = crate::risk::US_CORE_RACE_URL;
+        let omb = format!("Patient.extension('{race}').extension('ombCategory')");
+        assert!(
+            has(&format!("{omb}.url"), "kept", "keep"),
+            "{:?}",
+            outcomes(&format!("{omb}.url"))
+        );
+        assert!(has(
+            &format!("{omb}.value[x]:valueCoding.code"),
+            "kept",
+            "keep"
+        ));
+        let display = format!("{omb}.value[x]:valueCoding.display");
+        assert!(
+            has(&display, "kept", "terminology"),
+            "{:?}",
+            outcomes(&display)
+        );
+        assert!(
+            has(&display, "removed", "terminology"),
+            "{:?}",
+            outcomes(&display)
+        );
+        assert!(outcomes(&display).iter().all(|(_, _, v)| *v));
+        // Sub-extensions only inside their extension.
+        assert!(
+            report
+                .rows
+                .iter()
+                .filter(|r| r.path.contains("extension('ombCategory')"))
+                .all(|r| r
+                    .path
+                    .starts_with("Patient.extension('http://hl7.org/fhir/us/core/")),
+            "ombCategory outside race / ethnicity"
+        );
+        let birth_sex = "Patient.extension('http://hl7.org/fhir/us/core/StructureDefinition/\
+                         us-core-birthsex').value[x]:valueCode";
+        assert!(has(birth_sex, "kept", "keep"), "{:?}", outcomes(birth_sex));
+        // 2. The engine's age band, for the instance born more than 89 years ago.
+        let band = format!("Patient.extension('{AGE_BAND_EXTENSION_URL}')");
+        for leaf in [".url", ".value[x]:valueString"] {
+            let rows: Vec<&Row> = report.rows_for(&format!("{band}{leaf}")).collect();
+            assert_eq!(rows.len(), 1, "{band}{leaf}: {rows:?}");
+            let row = rows[0];
+            let rule = row.rule.and_then(|i| engine.policy().rules.get(i));
+            assert_eq!(
+                (
+                    row.outcome.as_str(),
+                    rule.map(|r| r.selector.text()),
+                    row.rule_path.as_str(),
+                    row.method.as_str()
+                ),
+                (
+                    "added",
+                    Some("Patient.birthDate"),
+                    "Patient.birthDate",
+                    "generalize"
+                )
+            );
+            assert!(!row.default && row.depends_on_value);
+        }
+        assert!(has("Patient.birthDate", "changed", "generalize"));
+        assert!(has("Patient.birthDate", "removed", "generalize"));
+        // 3. Value-dependent methods: both fates, flagged.
+        for (path, fate, method) in [
+            (
+                "Patient.maritalStatus.coding.display",
+                "kept",
+                "terminology",
+            ),
+            ("Patient.maritalStatus.coding.system", "kept", "terminology"),
+            ("Patient.maritalStatus.text", "kept", "terminology"),
+            ("Patient.identifier.system", "kept", "terminology"),
+            ("Patient.address.postalCode", "changed", "generalize"),
+            ("Patient.meta.lastUpdated", "changed", "date_shift"),
+            (
+                "Observation.value[x]:valueQuantity.unit",
+                "kept",
+                "terminology",
+            ),
+        ] {
+            assert!(has(path, fate, method), "{path}: {:?}", outcomes(path));
+            assert!(has(path, "removed", method), "{path}: {:?}", outcomes(path));
+            assert!(outcomes(path).iter().all(|(_, _, v)| *v), "{path}");
+        }
+        // What does not depend on the value is not flagged.
+        for path in ["Patient.gender", "Patient.name.family", "Patient.id"] {
+            let rows = outcomes(path);
+            assert_eq!(rows.len(), 1, "{path}: {rows:?}");
+            assert!(!rows[0].2, "{path}");
+        }
+        assert!(report.summary.depends_on_value > 10 && report.summary.added == 2);
+        let table = report.render_table();
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("Patient.address.postalCode "))
+            .expect("a postalCode line");
+        assert!(line.contains("VALUE"), "{line}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains("age-band').url ") && l.contains(" added ")),
+            "{table}"
+        );
+        assert!(!table.contains("zqx"), "the report prints no values");
     }
 }

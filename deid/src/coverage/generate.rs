@@ -13,6 +13,14 @@
 //! `http://zqx0001tok.example/zqx0001tok`, base64 of the token, a `<div>` holding it), and full
 //! dates are unique and at least 367 days apart, so a value found in an output can be traced to
 //! the element it came from ([`Token`]).
+//!
+//! With [`Values::Plausible`] the slots whose fate depends on the value hold values a policy may
+//! keep instead: a known code with its own display ([`PLAUSIBLE_CODING`], from
+//! [`crate::vocabulary`]) in every `Coding` and as `CodeableConcept.text`, a UCUM unit in every
+//! quantity, a standard `Identifier.system`, a resource type in `Reference.type`, a 5-digit ZIP
+//! in `Address.postalCode`, and one recent date in every date, dateTime and instant
+//! ([`dates_over_89`] moves them more than 89 years back). Other string-like values still carry
+//! tokens.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -119,6 +127,8 @@ pub struct Options {
     pub max_items: usize,
     /// Extensions with real urls to place (those a policy names in `where(url='...')`).
     pub named_extensions: Vec<NamedExtension>,
+    /// What goes in the slots whose fate depends on the value.
+    pub values: Values,
 }
 
 impl Default for Options {
@@ -127,7 +137,59 @@ impl Default for Options {
             max_depth: 4,
             max_items: 2,
             named_extensions: Vec::new(),
+            values: Values::Tokens,
         }
+    }
+}
+
+/// What [`generate`] writes where a policy's decision depends on the value (`terminology`,
+/// `generalize`, `date_shift` and the 90+ rules).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Values {
+    /// Tokens and unique dates everywhere: traceable, and what a policy does to text nobody
+    /// vetted (a typed display, a hospital's system URI, an unparseable ZIP).
+    #[default]
+    Tokens,
+    /// Values a policy may keep in those slots (see the module doc); tokens elsewhere.
+    Plausible,
+}
+
+/// The `(system, code, display)` of every `Coding` under [`Values::Plausible`]: LOINC body
+/// height, a code and display the vocabulary knows.
+pub const PLAUSIBLE_CODING: (&str, &str, &str) = ("http://loinc.org", "8302-2", "Body Height");
+
+/// The unit (UCUM code and unit text) of every quantity under [`Values::Plausible`]: years, a
+/// time unit, so an `Age` reads as one.
+pub const PLAUSIBLE_UNIT: &str = "a";
+
+/// UCUM's system URI.
+pub const UCUM_SYSTEM: &str = "http://unitsofmeasure.org";
+
+/// `Identifier.system` under [`Values::Plausible`]: a standard identifier system.
+pub const PLAUSIBLE_IDENTIFIER_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
+
+/// `Address.postalCode` under [`Values::Plausible`]: a 5-digit ZIP of a populous ZIP3.
+pub const PLAUSIBLE_ZIP: &str = "02139";
+
+/// Every date under [`Values::Plausible`] (not over 89 years back).
+pub const PLAUSIBLE_DATE: &str = "2020-03-04";
+
+/// Every date after [`dates_over_89`].
+pub const PLAUSIBLE_OVER_89_DATE: &str = "1900-03-04";
+
+/// Moves every date of a [`Values::Plausible`] instance ([`PLAUSIBLE_DATE`]) more than 89 years
+/// back ([`PLAUSIBLE_OVER_89_DATE`]), nested resources included: what makes a birth date give way
+/// to a 90+ band. Cheaper than generating the instance again: nothing else is a date there.
+pub fn dates_over_89(value: &mut Value) {
+    match value {
+        Value::String(text) => {
+            if let Some(rest) = text.strip_prefix(PLAUSIBLE_DATE) {
+                *text = format!("{PLAUSIBLE_OVER_89_DATE}{rest}");
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(dates_over_89),
+        Value::Object(map) => map.values_mut().for_each(dates_over_89),
+        _ => {}
     }
 }
 
@@ -143,6 +205,12 @@ pub struct NamedExtension {
     pub at: Option<Vec<String>>,
     /// A `modifierExtension` instead of an `extension`.
     pub modifier: bool,
+    /// The value type to generate (`Coding` for `value.ofType(Coding).exists()` in the rule's
+    /// condition); `None`: the value types in turn, as for any extension.
+    pub value_type: Option<String>,
+    /// Only as a sub-extension of the extension with this url (`ombCategory` inside US Core
+    /// race); `None`: wherever `at` says.
+    pub within: Option<String>,
 }
 
 /// One traceable value of a generated instance.
@@ -232,12 +300,16 @@ pub fn generate(resource_type: &str, options: &Options, choices: &mut dyn Choice
         tokens: Vec::new(),
         resource_type: resource_type.to_string(),
         owner: resource_type.to_string(),
+        extension_value_type: None,
+        extension_urls: Vec::new(),
+        replaced: HashSet::new(),
     };
     let resource = g.resource(resource_type, 0, false);
-    Generated {
-        resource,
-        tokens: g.tokens,
+    let mut tokens = g.tokens;
+    if !g.replaced.is_empty() {
+        tokens.retain(|t| !g.replaced.contains(&t.json_path));
     }
+    Generated { resource, tokens }
 }
 
 struct Gen<'a> {
@@ -255,6 +327,13 @@ struct Gen<'a> {
     resource_type: String,
     /// Type of the object being filled (see [`Token::owner`]).
     owner: String,
+    /// Urls of the extensions being filled, innermost last (`None`: a generated url).
+    extension_urls: Vec<Option<String>>,
+    /// JSON paths whose token [`Gen::plausible`] replaced (left out of [`Generated::tokens`]).
+    replaced: HashSet<String>,
+    /// The value type of the named extension about to be filled (taken by it, so its own
+    /// extensions do not see it).
+    extension_value_type: Option<String>,
 }
 
 impl Gen<'_> {
@@ -269,8 +348,16 @@ impl Gen<'_> {
         self.pick(Ask::Include { depth }, 2) == 1
     }
 
+    /// `Patient.name[0].family`: segments joined by dots, indices without one.
     fn path(&self) -> String {
-        self.json_path.join(".").replace(".[", "[")
+        let mut out = String::with_capacity(80);
+        for segment in &self.json_path {
+            if !out.is_empty() && !segment.starts_with('[') {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+        out
     }
 
     fn token(&mut self) -> String {
@@ -306,7 +393,46 @@ impl Gen<'_> {
     fn fill(&mut self, map: &mut Map<String, Value>, ty: &str, depth: usize, contained: bool) {
         let outer_owner = std::mem::replace(&mut self.owner, ty.to_string());
         self.fill_children(map, ty, depth, contained);
+        if self.options.values == Values::Plausible {
+            self.plausible(map, ty);
+        }
         self.owner = outer_owner;
+    }
+
+    /// Under [`Values::Plausible`]: the value-dependent children of an object of type `ty`, as
+    /// generated, get values a policy may keep (their tokens are forgotten).
+    fn plausible(&mut self, map: &mut Map<String, Value>, ty: &str) {
+        let (system, code, display) = PLAUSIBLE_CODING;
+        let quantity = matches!(
+            ty,
+            "Quantity"
+                | "Age"
+                | "Duration"
+                | "Distance"
+                | "Count"
+                | "SimpleQuantity"
+                | "MoneyQuantity"
+        );
+        let values: &[(&str, &str)] = match ty {
+            "Coding" => &[("system", system), ("code", code), ("display", display)],
+            "CodeableConcept" => &[("text", display)],
+            _ if quantity => &[
+                ("unit", PLAUSIBLE_UNIT),
+                ("code", PLAUSIBLE_UNIT),
+                ("system", UCUM_SYSTEM),
+            ],
+            "Identifier" => &[("system", PLAUSIBLE_IDENTIFIER_SYSTEM)],
+            "Address" => &[("postalCode", PLAUSIBLE_ZIP)],
+            "Reference" => &[("type", "Patient")],
+            _ => &[],
+        };
+        for &(key, value) in values {
+            if let Some(slot) = map.get_mut(key).filter(|v| v.is_string()) {
+                *slot = Value::String(value.to_string());
+                let json_path = format!("{}.{key}", self.path());
+                self.replaced.insert(json_path);
+            }
+        }
     }
 
     fn fill_children(
@@ -318,6 +444,11 @@ impl Gen<'_> {
     ) {
         let children: Vec<(&'static str, Child)> = fhir_types::children(ty).collect();
         let is_resource = fhir_types::type_kind(ty) == Some(fhir_types::TypeKind::Resource);
+        let value_type = if ty == "Extension" {
+            self.extension_value_type.take()
+        } else {
+            None
+        };
         let mut i = 0;
         while i < children.len() {
             let (key, child) = children[i];
@@ -328,6 +459,15 @@ impl Gen<'_> {
                     .map_or(children.len(), |n| i + n);
                 let group = &children[i..end];
                 i = end;
+                // A named extension's value of the type its rule asks for.
+                if child.element == "value"
+                    && let Some(&(key, child)) = value_type
+                        .as_deref()
+                        .and_then(|t| group.iter().find(|(_, c)| c.type_code == t))
+                {
+                    self.element(map, key, child, depth, contained);
+                    continue;
+                }
                 if !self.include(depth) {
                     continue;
                 }
@@ -518,7 +658,12 @@ impl Gen<'_> {
         if depth > self.options.max_depth {
             return Vec::new();
         }
-        let named: Vec<String> = self
+        // The url of the extension this array belongs to, when it is an `Extension.extension`.
+        let n = self.elements.len();
+        let parent_url = (n >= 2 && self.elements[n - 2..] == ["extension", "extension"])
+            .then(|| self.extension_urls.last().cloned().flatten())
+            .flatten();
+        let named: Vec<(String, Option<String>)> = self
             .options
             .named_extensions
             .iter()
@@ -535,17 +680,27 @@ impl Gen<'_> {
                     self.elements.len() == at.len() + 1 && self.elements[..at.len()] == at[..]
                 })
             })
-            .map(|n| n.url.clone())
+            .filter(|n| {
+                n.within
+                    .as_ref()
+                    .is_none_or(|w| parent_url.as_ref() == Some(w))
+            })
+            .map(|n| (n.url.clone(), n.value_type.clone()))
             .collect();
         let generated = 1 + self.pick(Ask::Repeat, self.options.max_items.max(1));
         let mut list = Vec::new();
         for n in 0..generated + named.len() {
             self.json_path.push(format!("[{n}]"));
             let mut ext = Map::new();
-            if let Some(url) = named.get(n.wrapping_sub(generated)) {
+            let mut url_of = None;
+            if let Some((url, value_type)) = named.get(n.wrapping_sub(generated)) {
                 ext.insert("url".into(), Value::String(url.clone()));
+                self.extension_value_type = value_type.clone();
+                url_of = Some(url.clone());
             }
+            self.extension_urls.push(url_of);
             self.fill(&mut ext, "Extension", depth, false);
+            self.extension_urls.pop();
             self.json_path.pop();
             list.push(Value::Object(ext));
         }
@@ -560,6 +715,14 @@ impl Gen<'_> {
                 json!(1 + self.pick(Ask::Value, 90))
             }
             "decimal" => json!(1.5 + self.pick(Ask::Value, 90) as f64),
+            "date" | "dateTime" | "instant" if self.options.values == Values::Plausible => {
+                let date = PLAUSIBLE_DATE;
+                Value::String(match ty {
+                    "date" => date.to_string(),
+                    "dateTime" => format!("{date}T10:20:30+01:00"),
+                    _ => format!("{date}T10:20:30.123Z"),
+                })
+            }
             "date" | "dateTime" | "instant" => {
                 // Unique full dates 367 days apart: a date shifted by at most a year never
                 // lands on another one: 1901-01-01 + n * 367 days, n below 1850 (year 3760).
