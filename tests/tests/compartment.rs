@@ -154,6 +154,18 @@ fn every_form_of_reference_gives_the_same_patient_and_shift() {
         text(&output.stdout)
     );
 
+    let runs = sql(
+        cwd,
+        "L",
+        "SELECT unresolved_patient_references AS n, malformed_removed AS m FROM lake.runs",
+    );
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        (runs[0]["n"].as_i64(), runs[0]["m"].as_i64()),
+        (Some(1), Some(0)),
+        "lake.runs counts it too"
+    );
+
     let p1 = lake_id_of_patient(cwd, "female");
     let p2 = lake_id_of_patient(cwd, "male");
     assert_ne!(p1, p2);

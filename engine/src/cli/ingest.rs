@@ -241,7 +241,7 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
             .map(|(m, n)| format!("{m} {n}"))
             .collect();
         outln!(
-            "de-identified with policy {} ({}), key id {}: {}; free text removed {}, extensions dropped {}, resources dropped {}",
+            "de-identified with policy {} ({}), key id {}: {}; free text removed {}, extensions dropped {}, malformed values removed {}, resources dropped {}",
             record.policy_name,
             record.stamp.policy_hash,
             record.stamp.key_id,
@@ -252,6 +252,7 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
             },
             d.free_text_default,
             d.dropped_extensions,
+            d.malformed,
             d.dropped_resources,
         );
     } else {

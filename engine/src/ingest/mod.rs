@@ -389,21 +389,23 @@ impl Ingest {
             table_versions,
             landing: Some(self.landing.display().to_string()),
             export,
+            unresolved_patient_references: self
+                .patients
+                .as_ref()
+                .map_or(0, |patients| patients.unresolved()),
         };
         self.observer.phase("recording the run in lake.runs");
         let runs_version = record_run(&self.lake, &record).await?;
         record
             .table_versions
             .insert(TableId::runs().to_string(), runs_version);
+        let unresolved_patient_references = record.unresolved_patient_references;
         Ok(IngestReport {
             record,
             status,
             view_failures,
             rejects_file: rejects.path().map(PathBuf::from),
-            unresolved_patient_references: self
-                .patients
-                .as_ref()
-                .map_or(0, |patients| patients.unresolved()),
+            unresolved_patient_references,
             bytes: staged.bytes,
             elapsed: started.elapsed(),
         })

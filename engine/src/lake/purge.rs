@@ -278,6 +278,7 @@ impl Purge {
             table_versions,
             landing: None,
             export: None,
+            unresolved_patient_references: 0,
         };
         report.runs_version = Some(record_run(&self.lake, &record).await?);
 

@@ -98,6 +98,8 @@ pub struct RunRecord {
     pub landing: Option<String>,
     /// The Bulk Data export the run ingested (`fhirlake ingest --bulk`, `fhirlake sync`).
     pub export: Option<ExportRecord>,
+    /// Conditional patient references that matched no patient (their `patient_id` is null).
+    pub unresolved_patient_references: u64,
 }
 
 /// One file a run read, as `lake.runs` records it: a digest and counts, no name.
@@ -278,6 +280,8 @@ impl RunRecord {
             optional(self.export.as_ref().map(|e| e.request.as_str())),
             optional(self.export.as_ref().map(|e| e.transaction_time.as_str())),
             Arc::new(files.finish()),
+            int(self.deid.malformed),
+            int(self.unresolved_patient_references),
         ];
         RecordBatch::try_new(RUNS_SCHEMA.clone(), columns).map_err(|e| Error::Staging {
             table: TableId::runs().to_string(),

@@ -104,5 +104,10 @@ pub static RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         // Added with the source digests: from then on `sources` holds digests (rows written
         // before hold the sources as given on the command line).
         Field::new("source_files", list_of(source_file_fields()), true),
+        // Added with the allow-list policies (nullable: older lakes gain them by schema merge):
+        // values removed because their JSON shape was not their FHIR type's, and conditional
+        // patient references (`Patient?identifier=...`) that matched no patient.
+        Field::new("malformed_removed", DataType::Int64, true),
+        Field::new("unresolved_patient_references", DataType::Int64, true),
     ]))
 });
