@@ -428,6 +428,22 @@ impl PolicyEngine {
         self
     }
 
+    /// A reference rewritten to its pseudonymized target. A conditional patient reference
+    /// (`Patient?identifier=...`) that the patient index resolves becomes the literal
+    /// `Patient/<lake id>`: views, `patient_id` and joins then read it like any other (a FHIR
+    /// server resolves conditional references the same way when it stores a transaction).
+    fn rewrite_reference(&self, reference: &str) -> String {
+        if let Some(index) = &self.patient_index
+            && let Some((system, value)) = compartment::conditional_identifier(reference)
+        {
+            let key = compartment::reference_key(&self.key, system.as_deref(), &value);
+            if let Some(lake_id) = index.patient_by_identifier(&key) {
+                return format!("Patient/{lake_id}");
+            }
+        }
+        pseudonym::rewrite_reference(&self.key, reference)
+    }
+
     /// The date-shift scope of a resource's patient: the patient's lake id (its pseudonym), the
     /// same for every form of reference to it; `None` outside any patient's compartment or for a
     /// conditional reference the index does not resolve.
@@ -1283,9 +1299,9 @@ impl<'e> Walk<'e> {
                         } else if (parent.ty == "Reference" && element == "reference")
                             || is_bundle_reference(parent.ty, element)
                         {
-                            self.worker.references.get_or_insert_with(text, |r| {
-                                pseudonym::rewrite_reference(&engine.key, r)
-                            })
+                            self.worker
+                                .references
+                                .get_or_insert_with(text, |r| engine.rewrite_reference(r))
                         } else if parent.ty == "Identifier" && element == "value" {
                             pseudonym::pseudo_identifier(
                                 &engine.key,

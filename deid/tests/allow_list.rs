@@ -375,6 +375,17 @@ fn conditional_patient_references_resolve_through_the_index() {
         "Patient?identifier=MRN-jsmith",
     ] {
         assert_eq!(date(r), plain, "{r}");
+        // And the reference is resolved: a literal one to the patient's lake id.
+        let out = run(
+            &engine,
+            json!({"resourceType": "Observation", "id": "o1", "status": "final",
+                   "subject": {"reference": r}}),
+        );
+        assert_eq!(
+            out["subject"]["reference"],
+            format!("Patient/{lake_id}"),
+            "{r}"
+        );
     }
     // Not in the index: a shift of its own (never the real date).
     assert_ne!(date("Patient?identifier=MRN-other"), "2020-06-15");

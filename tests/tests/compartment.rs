@@ -169,6 +169,24 @@ fn every_form_of_reference_gives_the_same_patient_and_shift() {
     let p1 = lake_id_of_patient(cwd, "female");
     let p2 = lake_id_of_patient(cwd, "male");
     assert_ne!(p1, p2);
+    // The views see the same patient: a resolved conditional reference is written as the
+    // literal `Patient/<lake id>`, so the view's `patient_id` agrees with the raw table's.
+    let disagree = sql(
+        cwd,
+        "L",
+        "SELECT r.id FROM raw.observation r JOIN observation v ON v.id = r.id \
+         WHERE v.patient_id IS DISTINCT FROM r.patient_id",
+    );
+    assert!(
+        disagree.is_empty(),
+        "view and raw patient_id differ: {disagree:?}"
+    );
+    let resolved = sql(
+        cwd,
+        "L",
+        "SELECT count(*) AS n FROM observation WHERE patient_id IS NOT NULL",
+    );
+    assert_eq!(resolved[0]["n"].as_i64(), Some(7), "{resolved:?}");
     let stored = stored_observations(cwd, &first);
     let shift_of = |id: &str| stored.iter().find(|(o, ..)| o == id).unwrap().2;
     let p1_shift = shift_of("o-plain");
