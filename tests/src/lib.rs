@@ -102,6 +102,24 @@ pub fn sql_count(cwd: &Path, lake: &str, query: &str) -> i64 {
 }
 
 /// Gzips `bytes` into `path`.
+/// Every file under `dir`, recursively, sorted (for tests that scan a whole lake).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 pub fn write_gz(path: &Path, bytes: &[u8]) {
     use std::io::Write;
     let file = std::fs::File::create(path).expect("create");

@@ -82,24 +82,6 @@ fn ingest(cwd: &Path, sources: &[&str]) -> std::process::Output {
     run(&mut command)
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 /// Every text value and every microsecond timestamp of `array`, nested values included.
 fn collect_values(array: &ArrayRef, texts: &mut Vec<String>, instants: &mut Vec<i64>) {
     match array.data_type() {

@@ -616,24 +616,6 @@ fn planted_lake(dir: &Path) -> (Corpus, String) {
 // ---------------------------------------------------------------------------------------------
 // Scanning the lake
 
-/// Every file under `dir`, recursively, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 /// Every value of `array` as text (nested values included), appended to `out` one per line.
 fn push_values(array: &ArrayRef, out: &mut String) {
     match array.data_type() {

@@ -49,6 +49,7 @@ use super::schema::timestamp_type;
 use super::{DeidStamp, Lake, TableGroup, TableId, table_stamp};
 use crate::ingest::validate::stored_patient_compartment;
 use crate::views::ViewOutcome;
+use crate::views::materialize::text_column;
 use crate::{Error, Result};
 
 /// `lake.runs.status` of a purge.
@@ -650,16 +651,6 @@ fn log_file_version(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
-}
-
-fn text_column(batch: &RecordBatch, i: usize) -> Result<StringArray> {
-    let column = arrow::compute::cast(batch.column(i), &DataType::Utf8)
-        .map_err(|e| Error::Internal(format!("raw column {i}: {e}")))?;
-    column
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .cloned()
-        .ok_or_else(|| Error::Internal(format!("raw column {i} is not text")))
 }
 
 fn micros_column(batch: &RecordBatch, i: usize) -> Result<Int64Array> {

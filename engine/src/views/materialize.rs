@@ -318,7 +318,8 @@ async fn compute_rows(
     Ok((batches, touched, failed))
 }
 
-fn text_column(batch: &RecordBatch, i: usize) -> Result<StringArray> {
+/// Column `i` of a raw-table batch as text (also read by `lake::purge`).
+pub(crate) fn text_column(batch: &RecordBatch, i: usize) -> Result<StringArray> {
     let column = batch.column(i);
     let column = arrow::compute::cast(column, &DataType::Utf8)
         .map_err(|e| Error::Internal(format!("raw column {i}: {e}")))?;
