@@ -774,6 +774,7 @@ impl<'e> Walk<'e> {
         // The same for every child (built once: it is passed to every node).
         let parent = Parent {
             ty,
+            kind,
             system: system.as_deref(),
             vocabulary,
             text,
@@ -1727,6 +1728,8 @@ fn add_security_labels(map: &mut Map<String, Value>, ops: u8) -> bool {
 /// What a child needs to know about its parent.
 struct Parent<'a> {
     ty: &'a str,
+    /// What `terminology` and age generalization read from the parent's type.
+    kind: SiblingKind,
     system: Option<&'a str>,
     /// The steward's vocabulary (beside the built-in table).
     vocabulary: Option<&'a Vocabulary>,
@@ -1751,10 +1754,12 @@ fn is_bundle_reference(parent_ty: &str, element: &str) -> bool {
 
 /// The `terminology` method (see [`Method::Terminology`]).
 fn terminology(value: &mut Value, element: &str, ty: &str, parent: &Parent<'_>) -> Outcome {
-    let display_like = matches!(
-        (parent.ty, element),
-        ("Coding", "display") | ("CodeableConcept", "text")
-    ) || (is_quantity(parent.ty) && element == "unit");
+    // `display` is a Coding's, `text` a CodeableConcept's (neither has the other).
+    let display_like = match parent.kind {
+        SiblingKind::Coded => matches!(element, "display" | "text"),
+        SiblingKind::Quantity => element == "unit",
+        SiblingKind::None => false,
+    };
     if display_like {
         return match parent.text {
             Some(TextDecision::Keep) => Outcome::Keep,
@@ -1787,7 +1792,7 @@ fn age(value: &mut Value, element: &str, ty: &str, parent: &Parent<'_>) -> Outco
     if let Some(n) = value.as_f64() {
         let years_per_unit = parent
             .years_per_unit
-            .or((!is_quantity(parent.ty)).then_some(1.0));
+            .or((parent.kind != SiblingKind::Quantity).then_some(1.0));
         return match years_per_unit {
             Some(y) if n * y > 89.0 => {
                 *value = eval::number_json((90.0 / y).round());

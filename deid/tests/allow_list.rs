@@ -176,7 +176,7 @@ fn free_text_is_replaced_from_the_vocabulary_or_removed() {
         }),
     );
     assert_clean(&out);
-    let canonical = fhirlake_deid::vocabulary::displays(sct, "44054006").unwrap()[0];
+    let canonical = fhirlake_deid::vocabulary::displays(sct, "44054006").unwrap()[0].as_str();
     assert_eq!(out["code"]["coding"][0]["display"], canonical);
     assert_eq!(out["code"]["text"], canonical);
     assert!(

@@ -23,10 +23,10 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::LazyLock;
 
-use crate::fhir_types::{FastMap, WordHasher};
+use crate::fhir_types::WordHasher;
 
 /// Looked up for every Coding of every resource: the type table's fast hasher, not SipHash.
-type FastSet = HashSet<&'static str, BuildHasherDefault<WordHasher>>;
+type Fast = BuildHasherDefault<WordHasher>;
 
 /// The generated table.
 const TABLE: &str = include_str!("synthea.tsv");
@@ -56,58 +56,32 @@ pub const STANDARD_SYSTEM_PREFIXES: &[&str] = &[
     "https://github.com/synthetichealth/synthea",
 ];
 
-/// The built-in table, borrowed from the text compiled in.
-struct Builtin {
-    /// system -> code -> displays (canonical first).
-    codes: FastMap<FastMap<Vec<&'static str>>>,
-    systems: FastSet,
-    units: FastSet,
-}
-
-static VOCABULARY: LazyLock<Builtin> = LazyLock::new(|| {
-    let mut v = Builtin {
-        codes: FastMap::default(),
-        systems: FastSet::default(),
-        units: FastSet::default(),
-    };
-    for line in TABLE.lines().filter(|l| !l.starts_with('#')) {
-        let mut fields = line.split('\t');
-        match fields.next() {
-            Some("system") => v.systems.extend(fields.next()),
-            Some("unit") => v.units.extend(fields.next()),
-            Some("code") => {
-                if let (Some(system), Some(code)) = (fields.next(), fields.next()) {
-                    v.codes
-                        .entry(system)
-                        .or_default()
-                        .insert(code, fields.collect());
-                }
-            }
-            _ => {}
-        }
+/// The built-in table. It is generated and checked in (a unit test parses it), so a line that
+/// did not parse would be a build mistake: the table is then empty, and displays are removed
+/// (fail closed) rather than the process stopped.
+static VOCABULARY: LazyLock<Vocabulary> = LazyLock::new(|| {
+    let mut v = Vocabulary::default();
+    match v.add_text(TABLE) {
+        Ok(()) => v,
+        Err(_) => Vocabulary::default(),
     }
-    v
 });
 
 /// The displays known for `code` in `system` (canonical first); `None` for an unknown code. An
 /// empty slice: the code is known, with no display.
-pub fn displays(system: &str, code: &str) -> Option<&'static [&'static str]> {
-    VOCABULARY
-        .codes
-        .get(system)
-        .and_then(|codes| codes.get(code))
-        .map(Vec::as_slice)
+pub fn displays(system: &str, code: &str) -> Option<&'static [String]> {
+    VOCABULARY.displays(system, code)
 }
 
 /// True for a code or identifier system that names no one: a system seen in the table or one
 /// under a [`STANDARD_SYSTEM_PREFIXES`] entry.
 pub fn is_known_system(uri: &str) -> bool {
-    VOCABULARY.systems.contains(uri) || STANDARD_SYSTEM_PREFIXES.iter().any(|p| uri.starts_with(p))
+    VOCABULARY.has_system(uri) || STANDARD_SYSTEM_PREFIXES.iter().any(|p| uri.starts_with(p))
 }
 
 /// True for a quantity unit seen in the table.
 pub fn is_known_unit(unit: &str) -> bool {
-    VOCABULARY.units.contains(unit)
+    VOCABULARY.has_unit(unit)
 }
 
 /// What happens to a display-like text beside codings: kept, replaced by a canonical display, or
@@ -136,15 +110,13 @@ pub fn decide_text_with<'v, 'a>(
     text: &str,
     codings: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> TextDecision<'v> {
+    let vocabularies: [Option<&'v Vocabulary>; 2] = [Some(&*VOCABULARY), extra];
     let mut first: Option<&'v str> = None;
     for (system, code) in codings {
-        if let Some(known) = displays(system, code) {
-            if known.contains(&text) {
-                return TextDecision::Keep;
-            }
-            first = first.or(known.first().copied());
-        }
-        if let Some(known) = extra.and_then(|v| v.displays(system, code)) {
+        for vocabulary in vocabularies.iter().flatten() {
+            let Some(known) = vocabulary.displays(system, code) else {
+                continue;
+            };
             if known.iter().any(|d| d == text) {
                 return TextDecision::Keep;
             }
@@ -154,13 +126,15 @@ pub fn decide_text_with<'v, 'a>(
     first.map_or(TextDecision::Remove, TextDecision::Replace)
 }
 
-/// Codes, systems and units a steward adds to the built-in table: a file in its format (lines
-/// `code<TAB>system<TAB>code<TAB>display...`, `system<TAB>uri`, `unit<TAB>text`; `#` comments).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Codes, systems and units: the built-in table, or what a steward adds to it in a file of the
+/// same format (lines `code<TAB>system<TAB>code<TAB>display...`, `system<TAB>uri`,
+/// `unit<TAB>text`; `#` comments).
+#[derive(Debug, Clone, Default)]
 pub struct Vocabulary {
-    codes: HashMap<String, HashMap<String, Vec<String>>>,
-    systems: HashSet<String>,
-    units: HashSet<String>,
+    /// system -> code -> displays (canonical first).
+    codes: HashMap<String, HashMap<String, Vec<String>, Fast>, Fast>,
+    systems: HashSet<String, Fast>,
+    units: HashSet<String, Fast>,
 }
 
 /// A line of a vocabulary file that is not in the format (1-based line; never its text).
@@ -254,15 +228,18 @@ mod tests {
     #[test]
     fn the_table_loads_and_decides() {
         let sct = "http://snomed.info/sct";
-        assert!(VOCABULARY.codes.values().map(FastMap::len).sum::<usize>() > 500);
+        assert!(VOCABULARY.code_count() > 500);
         let (code, known) = VOCABULARY.codes[sct]
             .iter()
             .find(|(_, d)| !d.is_empty())
             .unwrap();
-        assert_eq!(decide_text(known[0], [(sct, *code)]), TextDecision::Keep);
         assert_eq!(
-            decide_text("Fell at John Smith's house", [(sct, *code)]),
-            TextDecision::Replace(known[0])
+            decide_text(&known[0], [(sct, code.as_str())]),
+            TextDecision::Keep
+        );
+        assert_eq!(
+            decide_text("Fell at John Smith's house", [(sct, code.as_str())]),
+            TextDecision::Replace(&known[0])
         );
         assert_eq!(
             decide_text("Fell at John Smith's house", [(sct, "not-a-code")]),
