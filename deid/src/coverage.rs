@@ -30,7 +30,8 @@ use serde_json::Value;
 
 use crate::policy::{Generalize, Method};
 use crate::risk::AGE_BAND_EXTENSION_URL;
-use crate::{Policy, PolicyEngine, fhir_types};
+use crate::{Policy, PolicyEngine};
+use fhirlake_fhir::types as fhir_types;
 pub use generate::{
     Ask, Choices, EveryElement, Generated, NamedExtension, Options, STRING_LIKE_TYPES, Token,
     Values, dates_over_89, generate, resource_types, surviving,

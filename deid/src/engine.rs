@@ -15,8 +15,8 @@ use chrono::{Datelike as _, NaiveDate};
 use serde_json::{Map, Value};
 
 use crate::compartment::{self, PatientIndex, PatientRef};
-use crate::fhir_types;
-use crate::fhir_types::{ElementId, TypeId};
+use fhirlake_fhir::types as fhir_types;
+use fhirlake_fhir::types::{ElementId, TypeId};
 use crate::key::DeidKey;
 use crate::methods::{self, crypt, dates, memo::Memo, pseudonym, scrub::Scrubber};
 use crate::path::{Item, MatchState, Node, NodeInfo, eval};

@@ -6,7 +6,7 @@
 //! * [`PolicyEngine`] applies a [`Policy`] (the built-in `safe-harbor` and `limited-data-set`
 //!   profiles, a TOML policy or a Microsoft FHIR anonymizer configuration) with a [`DeidKey`], in
 //!   one walk per resource: rule paths ([`path`], a FHIRPath subset) matched against the FHIR R4
-//!   type table ([`fhir_types`]), methods ([`methods`]: pseudonyms, encryption, date shifting,
+//!   type table ([`fhirlake_fhir::types`]), methods ([`methods`]: pseudonyms, encryption, date shifting,
 //!   generalization, perturbation, substitution, free-text scrubbing); see `docs/deid.md`.
 //! * [`Passthrough`] writes resources unchanged; the CLI hands it out solely behind the explicit
 //!   `--unsafe-no-deid` flag, and the lake records it as "no de-identification".
@@ -18,7 +18,10 @@ use serde_json::Value;
 pub mod compartment;
 pub mod coverage;
 pub mod engine;
-pub mod fhir_types;
+/// The type table moved to `fhirlake_fhir::types` (issue 14); this alias keeps the CLI building
+/// until its callers import it from there.
+#[doc(hidden)]
+pub use fhirlake_fhir::types as fhir_types;
 pub mod key;
 pub mod methods;
 pub mod path;

@@ -52,7 +52,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, FixedOffset, NaiveDate};
 use fhirlake_deid::risk::AGE_BAND_EXTENSION_URL;
-use fhirlake_deid::{DeidKey, Deidentifier, Disposition, Policy, PolicyEngine, fhir_types};
+use fhirlake_deid::{DeidKey, Deidentifier, Disposition, Policy, PolicyEngine};
+use fhirlake_fhir::types as fhir_types;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

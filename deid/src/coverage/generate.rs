@@ -1,4 +1,4 @@
-//! FHIR R4 instances generated from the type table ([`crate::fhir_types`]).
+//! FHIR R4 instances generated from the type table ([`fhirlake_fhir::types`]).
 //!
 //! [`generate`] builds a resource of one type whose shape is valid: every element is of its type
 //! (arrays for repeating elements, nested datatypes and backbone elements, `contained`
@@ -29,7 +29,7 @@ use base64::Engine as _;
 use regex::Regex;
 use serde_json::{Map, Value, json};
 
-use crate::fhir_types::{self, Child};
+use fhirlake_fhir::types::{self as fhir_types, Child};
 
 /// What a [`Choices`] source is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -183,7 +183,7 @@ pub fn rewrite_reference(key: &DeidKey, reference: &str) -> String {
 }
 
 fn fhirlake_is_resource_type(name: &str) -> bool {
-    crate::fhir_types::is_resource_type(name)
+    fhirlake_fhir::types::is_resource_type(name)
 }
 
 /// Rewrites the search parameters of a conditional reference: `identifier=system|value` keeps the

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use super::parse::{BinOp, Expr, Literal};
-use crate::fhir_types;
+use fhirlake_fhir::types as fhir_types;
 
 /// One item of a FHIRPath collection.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ pub mod parse;
 
 use serde_json::Value;
 
-use crate::fhir_types::{self, ElementId, TypeId};
+use fhirlake_fhir::types::{self as fhir_types, ElementId, TypeId};
 pub use eval::{EvalError, Item, Prim, truthy, type_matches};
 pub use parse::{Expr, Literal, ParseError, parse};
 

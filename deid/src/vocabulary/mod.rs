@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::LazyLock;
 
-use crate::fhir_types::WordHasher;
+use fhirlake_fhir::types::WordHasher;
 
 /// Looked up for every Coding of every resource: the type table's fast hasher, not SipHash.
 type Fast = BuildHasherDefault<WordHasher>;

@@ -117,7 +117,7 @@ pub struct TypeInfo {
 /// nothing here, and taking 8 bytes per step instead of 1 (FNV) makes the walk's per-key lookup
 /// cheaper.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct WordHasher(u64);
+pub struct WordHasher(u64);
 
 impl WordHasher {
     fn add(&mut self, word: u64) {
@@ -156,7 +156,7 @@ impl Hasher for WordHasher {
     }
 }
 
-pub(crate) type FastMap<V> = HashMap<&'static str, V, BuildHasherDefault<WordHasher>>;
+pub type FastMap<V> = HashMap<&'static str, V, BuildHasherDefault<WordHasher>>;
 
 static TABLE: LazyLock<FastMap<TypeInfo>> = LazyLock::new(|| parse(R4_TSV));
 

@@ -1,0 +1,12 @@
+//! fhirlake-fhir: what FHIR R4 means, once, under every other fhirlake crate.
+//!
+//! The connectors, the de-identifier and the view compiler each need to know FHIR: which
+//! resource types exist, which element of which type holds what, how a reference is spelled,
+//! which patient a resource belongs to, how a partial date is read, how a FHIRPath expression is
+//! written. This crate is the single answer to each of those questions; it has no DataFusion and
+//! no Arrow, so every leaf crate can sit on it.
+//!
+//! * [`types`]: the R4 type table (resource types, datatypes, backbone elements, choice keys),
+//!   generated from `hl7.fhir.r4.core` 4.0.1 by `scripts/gen-fhir-types.py`.
+
+pub mod types;
