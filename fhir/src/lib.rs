@@ -8,5 +8,11 @@
 //!
 //! * [`types`]: the R4 type table (resource types, datatypes, backbone elements, choice keys),
 //!   generated from `hl7.fhir.r4.core` 4.0.1 by `scripts/gen-fhir-types.py`.
+//! * [`reference`]: the one reader of a reference's spelling (relative, absolute, `_history`,
+//!   conditional, contained, `urn:uuid:`).
+//! * [`compartment`]: the patient compartment (from the R4 CompartmentDefinition, by the same
+//!   generator) and the one patient a resource is about.
 
+pub mod compartment;
+pub mod reference;
 pub mod types;
