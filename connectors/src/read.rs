@@ -25,9 +25,10 @@ use serde_json::Value;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::error::{Error, Result};
-use crate::fhir::{is_resource_type, is_valid_id, parse_type_id};
 use crate::location::Location;
 use crate::plan::{FileFormat, FileRole, SourceFile};
+use fhirlake_fhir::reference::{Reference, is_valid_id};
+use fhirlake_fhir::types::is_resource_type;
 
 /// Longest NDJSON line accepted (64 MiB); longer lines are skipped and rejected without being buffered.
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
@@ -565,7 +566,7 @@ fn delete_request(request: Option<&Value>) -> Option<Result<(String, String), &'
     }
     Some(match request.get("url").and_then(Value::as_str) {
         None => Err("DELETE entry has no request.url"),
-        Some(url) => match parse_type_id(url) {
+        Some(url) => match Reference::parse(url).type_and_id() {
             Some((ty, id)) => Ok((ty.to_owned(), id.to_owned())),
             None => {
                 Err("DELETE request.url is not Type/id (conditional deletes are not supported)")

@@ -15,8 +15,6 @@ use chrono::{Datelike as _, NaiveDate};
 use serde_json::{Map, Value};
 
 use crate::compartment::{self, PatientIndex, PatientRef};
-use fhirlake_fhir::types as fhir_types;
-use fhirlake_fhir::types::{ElementId, TypeId};
 use crate::key::DeidKey;
 use crate::methods::{self, crypt, dates, memo::Memo, pseudonym, scrub::Scrubber};
 use crate::path::{Item, MatchState, Node, NodeInfo, eval};
@@ -26,6 +24,8 @@ use crate::policy::{
 use crate::risk::AGE_BAND_EXTENSION_URL;
 use crate::vocabulary::{self, TextDecision, Vocabulary};
 use crate::{Deidentifier, Disposition, Error, Result};
+use fhirlake_fhir::types as fhir_types;
+use fhirlake_fhir::types::{ElementId, TypeId};
 
 /// Per-run counters, safe to update from every worker.
 #[derive(Debug, Default)]

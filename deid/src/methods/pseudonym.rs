@@ -6,6 +6,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use fhirlake_fhir::reference::{Reference, percent_decode};
+
 use crate::key::{DeidKey, hex_encode};
 
 /// Hex characters of a pseudonym (128 bits).
@@ -81,105 +83,82 @@ pub fn pseudo_local_id(key: &DeidKey, id: &str) -> String {
     pseudonym_hex(&keyed(key.pseudonym_key(), &["#", id]))
 }
 
-/// The source patient id a reference points at: `Patient/x`, `[base/]Patient/x[/_history/n]` or
-/// `urn:uuid:x` (Bundles, where the Patient's id is that uuid). Conditional references
-/// (`Patient?identifier=...`) name no id and give `None`: resolving them needs the identifier's
-/// resource, which the ingest has and a single resource does not.
-pub fn patient_in_reference(reference: &str) -> Option<&str> {
-    if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
-        return Some(uuid).filter(|u| !u.is_empty());
-    }
-    if reference.contains('?') {
-        return None;
-    }
-    let (body, _) = split_history(reference);
-    let (before, id) = body.rsplit_once('/')?;
-    let ty = before.rsplit('/').next().unwrap_or(before);
-    (ty == "Patient" && !id.is_empty()).then_some(id)
-}
-
-/// `[base/]Type/id[/_history/vid]` split before `/_history/` (the second part empty when there is
-/// none). A `/_history/` with no `/` after it ends just before the last `/`.
-fn split_history(reference: &str) -> (&str, &str) {
-    let history_at = reference
-        .rfind('/')
-        .and_then(|last| reference[..last].strip_suffix("/_history").map(str::len))
-        .filter(|&i| i > 0);
-    match history_at {
-        Some(i) => (&reference[..i], &reference[i..]),
-        None => (reference, ""),
-    }
-}
-
 /// Rewrites a `Reference.reference` (or a Bundle's `fullUrl`, `request.url`,
 /// `response.location`) so that it points at the pseudonymized target. What is not a resource
 /// type, an id or a numeric version (a base URL with its host, a query's search values, a
 /// version id that is text) does not survive.
 pub fn rewrite_reference(key: &DeidKey, reference: &str) -> String {
-    if let Some(local) = reference.strip_prefix('#') {
-        if local.is_empty() {
-            return reference.to_string();
+    match Reference::parse(reference) {
+        Reference::Contained("") => reference.to_string(),
+        Reference::Contained(local) => {
+            let mut out = String::with_capacity(1 + PSEUDONYM_HEX);
+            out.push('#');
+            out.push_str(&pseudo_local_id(key, local));
+            out
         }
-        let mut out = String::with_capacity(1 + PSEUDONYM_HEX);
-        out.push('#');
-        out.push_str(&pseudo_local_id(key, local));
-        return out;
-    }
-    if let Some(uuid) = reference.strip_prefix("urn:uuid:") {
-        // 8-4-4-4-12 hex digits: the first 16 bytes of the hash in groups of 4, 2, 2, 2, 6.
-        let h = keyed(key.pseudonym_key(), &["urn:uuid", uuid]);
-        let bytes = &h.as_bytes()[..16];
-        let mut out = String::with_capacity(9 + 36);
-        out.push_str("urn:uuid:");
-        for (i, group) in [
-            &bytes[0..4],
-            &bytes[4..6],
-            &bytes[6..8],
-            &bytes[8..10],
-            &bytes[10..16],
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if i > 0 {
-                out.push('-');
-            }
-            push_hex(&mut out, group);
-        }
-        return out;
-    }
-    if let Some((before, query)) = reference.split_once('?') {
+        Reference::Uuid(uuid) => pseudo_urn_uuid(key, uuid),
         // `[base/]Type?query`: the base (a host) goes, the type stays when it is one.
-        let resource_type = before.rsplit('/').next().unwrap_or(before);
-        if fhirlake_is_resource_type(resource_type) {
-            return format!("{resource_type}?{}", rewrite_query(key, query));
+        Reference::Conditional {
+            resource_type,
+            query,
+            ..
+        } if fhirlake_is_resource_type(resource_type) => {
+            format!("{resource_type}?{}", rewrite_query(key, query))
         }
-        return pseudo_text(key, reference);
-    }
-    if fhirlake_is_resource_type(reference) {
         // A Bundle `request.url` of a create: `Patient`.
-        return reference.to_string();
-    }
-    // `[base/]Type/id[/_history/vid]`: the last Type/id pair (no allocation but the result).
-    let (body, history) = split_history(reference);
-    // A version id is kept when it is a number (a server's counter); text could be anything.
-    let history = match history.strip_prefix("/_history/") {
-        Some(vid) if !vid.is_empty() && vid.bytes().all(|b| b.is_ascii_digit()) => history,
-        _ => "",
-    };
-    if let Some((before, id)) = body.rsplit_once('/') {
-        let ty = before.rsplit('/').next().unwrap_or(before);
-        if !id.is_empty() && fhirlake_is_resource_type(ty) {
-            let hash = keyed(key.pseudonym_key(), &[ty, id]);
-            let mut out = String::with_capacity(ty.len() + 1 + PSEUDONYM_HEX + history.len());
+        Reference::TypeOnly(resource_type) if fhirlake_is_resource_type(resource_type) => {
+            reference.to_string()
+        }
+        // `[base/]Type/id[/_history/vid]`: the Type/id pair (no allocation but the result); the
+        // base and a fragment go.
+        Reference::Literal(literal)
+            if !literal.id.is_empty() && fhirlake_is_resource_type(literal.resource_type) =>
+        {
+            // A version id is kept when it is a number (a server's counter); text could be
+            // anything.
+            let version = literal
+                .version
+                .filter(|vid| !vid.is_empty() && vid.bytes().all(|b| b.is_ascii_digit()));
+            let ty = literal.resource_type;
+            let hash = keyed(key.pseudonym_key(), &[ty, literal.id]);
+            let history = version.map_or(0, |vid| "/_history/".len() + vid.len());
+            let mut out = String::with_capacity(ty.len() + 1 + PSEUDONYM_HEX + history);
             out.push_str(ty);
             out.push('/');
             push_hex(&mut out, &hash.as_bytes()[..PSEUDONYM_HEX / 2]);
-            out.push_str(history);
-            return out;
+            if let Some(vid) = version {
+                out.push_str("/_history/");
+                out.push_str(vid);
+            }
+            out
         }
+        _ => pseudo_text(key, reference),
     }
-    pseudo_text(key, reference)
+}
+
+/// The pseudonym of a `urn:uuid:` (a Bundle entry's `fullUrl`): a uuid again, 8-4-4-4-12 hex
+/// digits, the first 16 bytes of the keyed hash in groups of 4, 2, 2, 2, 6.
+fn pseudo_urn_uuid(key: &DeidKey, uuid: &str) -> String {
+    let h = keyed(key.pseudonym_key(), &["urn:uuid", uuid]);
+    let bytes = &h.as_bytes()[..16];
+    let mut out = String::with_capacity(9 + 36);
+    out.push_str("urn:uuid:");
+    for (i, group) in [
+        &bytes[0..4],
+        &bytes[4..6],
+        &bytes[6..8],
+        &bytes[8..10],
+        &bytes[10..16],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i > 0 {
+            out.push('-');
+        }
+        push_hex(&mut out, group);
+    }
+    out
 }
 
 fn fhirlake_is_resource_type(name: &str) -> bool {
@@ -211,34 +190,6 @@ fn rewrite_query(key: &DeidKey, query: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
-}
-
-/// [`percent_decode`] without a copy when there is nothing to decode.
-pub fn percent_decode_cow(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('%') {
-        std::borrow::Cow::Owned(percent_decode(text))
-    } else {
-        std::borrow::Cow::Borrowed(text)
-    }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 3 <= bytes.len()
-            && let Some(Ok(b)) = text.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16))
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| text.to_string())
 }
 
 /// The anonymizer's `cryptoHash`: HMAC-SHA256 with the configuration's key, lowercase hex.
@@ -290,6 +241,7 @@ pub fn hmac_reference(key: &str, reference: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fhirlake_fhir::compartment::patient_id_in;
 
     fn key(byte: u8) -> DeidKey {
         DeidKey::from_bytes(&[byte; 32], "test").unwrap()
@@ -348,11 +300,11 @@ mod tests {
             "https://ehr.example.org/fhir/Patient/123",
             "https://ehr.example.org/fhir/Patient/123/_history/2",
         ] {
-            assert_eq!(patient_in_reference(r), Some("123"), "{r}");
+            assert_eq!(patient_id_in(r), Some("123"), "{r}");
         }
-        assert_eq!(patient_in_reference("urn:uuid:abc"), Some("abc"));
-        assert_eq!(patient_in_reference("Patient?identifier=x|1"), None);
-        assert_eq!(patient_in_reference("Group/123"), None);
+        assert_eq!(patient_id_in("urn:uuid:abc"), Some("abc"));
+        assert_eq!(patient_id_in("Patient?identifier=x|1"), None);
+        assert_eq!(patient_id_in("Group/123"), None);
         let npi = "9999993494";
         let r = rewrite_reference(
             &k,

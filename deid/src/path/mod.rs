@@ -11,8 +11,8 @@ pub mod parse;
 
 use serde_json::Value;
 
-use fhirlake_fhir::types::{self as fhir_types, ElementId, TypeId};
 pub use eval::{EvalError, Item, Prim, truthy, type_matches};
+use fhirlake_fhir::types::{self as fhir_types, ElementId, TypeId};
 pub use parse::{Expr, Literal, ParseError, parse};
 
 /// One step of a compiled rule path.

@@ -23,9 +23,11 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::Array as _;
-use fhirlake_connectors::{FileRole, SourceFile, SourceItem, fhir, read_source_file};
+use fhirlake_connectors::{FileRole, SourceFile, SourceItem, read_source_file};
 use fhirlake_deid::compartment::{self, PatientIndex};
 use fhirlake_deid::{DeidKey, Deidentifier};
+use fhirlake_fhir::reference::is_valid_id;
+use fhirlake_fhir::types::is_resource_type;
 use futures::StreamExt as _;
 use serde_json::Value;
 
@@ -213,7 +215,7 @@ impl PatientsByIdentifier {
             let Some(id) = patient
                 .get("id")
                 .and_then(Value::as_str)
-                .filter(|id| fhir::is_valid_id(id))
+                .filter(|id| is_valid_id(id))
             else {
                 return;
             };
@@ -274,7 +276,7 @@ fn may_hold_patients(file: &SourceFile) -> bool {
     }
     let named = file.location.file_name().and_then(|name| {
         name.split(['.', '-', '_'])
-            .find(|part| fhir::is_resource_type(part))
+            .find(|part| is_resource_type(part))
             .map(str::to_string)
     });
     named.is_none_or(|ty| holds(&ty))

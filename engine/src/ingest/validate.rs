@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
-use fhirlake_connectors::{ItemPosition, RawInput, SourceItem, fhir};
-use fhirlake_deid::compartment::{self, PatientRef};
-use fhirlake_deid::methods::pseudonym;
+use fhirlake_connectors::{ItemPosition, RawInput, SourceItem};
 use fhirlake_deid::{Deidentifier, Disposition};
+use fhirlake_fhir::compartment::{self, PatientRef};
+use fhirlake_fhir::reference::is_valid_id;
+use fhirlake_fhir::types::is_resource_type;
 use serde_json::Value;
 
 use super::patient_index::PatientsByIdentifier;
@@ -131,7 +132,7 @@ pub fn process(
             resource_type,
             id,
         } => {
-            if !fhir::is_resource_type(&resource_type) {
+            if !is_resource_type(&resource_type) {
                 return reject(
                     pos,
                     None,
@@ -140,7 +141,7 @@ pub fn process(
                     None,
                 );
             }
-            if !fhir::is_valid_id(&id) {
+            if !is_valid_id(&id) {
                 return reject(
                     pos,
                     Some(resource_type),
@@ -209,7 +210,7 @@ fn resource_to_row(
         );
     };
     let resource_type = match object.get("resourceType") {
-        Some(Value::String(t)) if fhir::is_resource_type(t) => t.clone(),
+        Some(Value::String(t)) if is_resource_type(t) => t.clone(),
         Some(Value::String(_)) => {
             return reject(
                 pos,
@@ -245,7 +246,7 @@ fn resource_to_row(
             pos,
             Some(resource_type.clone()),
             Some(at("resourceType")),
-            if fhir::is_resource_type(expected) {
+            if is_resource_type(expected) {
                 format!(
                     "resourceType {resource_type} does not match the manifest entry type {expected}"
                 )
@@ -259,7 +260,7 @@ fn resource_to_row(
         );
     }
     match object.get("id") {
-        Some(Value::String(id)) if fhir::is_valid_id(id) => {}
+        Some(Value::String(id)) if is_valid_id(id) => {}
         Some(Value::String(_)) => {
             return reject(
                 pos,
@@ -385,12 +386,13 @@ fn deidentified_last_updated(resource: &Value) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
-/// The patient a resource as stored (after de-identification) belongs to, by the rule of
-/// [`compartment::patient_ref`]: the Patient itself, else the first of `subject`, `patient`,
-/// `beneficiary` that references a Patient (`Patient/x`, `.../_history/n`, an absolute URL, or a
-/// conditional `Patient?identifier=...` that `patients` resolves). A `urn:uuid:` reference is
-/// passed over: the connectors already turned the ones their Bundle names into `Patient/x`, and
-/// another names no resource the lake knows (its pseudonym is no patient's id).
+/// The patient a resource as stored (after de-identification) belongs to, by the one rule of
+/// `fhirlake_fhir::compartment` (from the R4 CompartmentDefinition): the Patient itself, else the
+/// first Patient reference along the resource type's patient paths (Observation `subject`,
+/// Coverage `beneficiary`, ...) — `Patient/x`, `.../_history/n`, an absolute URL, or a conditional
+/// `Patient?identifier=...` that `patients` resolves. A `urn:uuid:` reference is passed over: the
+/// connectors already turned the ones their Bundle names into `Patient/x`, and another names no
+/// resource the lake knows (its pseudonym is no patient's id).
 pub fn patient_compartment(
     resource: &Value,
     patients: Option<&PatientsByIdentifier>,
@@ -412,26 +414,21 @@ fn compartment_with(
     resource: &Value,
     resolve: impl Fn(Option<&str>, &str) -> Option<String>,
 ) -> Option<String> {
-    if resource.get("resourceType").and_then(Value::as_str) == Some("Patient") {
+    let not_a_bundle_uuid = |reference: &str| !reference.starts_with("urn:uuid:");
+    let resource_type = resource.get("resourceType").and_then(Value::as_str)?;
+    if resource_type == "Patient" {
         return match compartment::patient_ref(resource)? {
             PatientRef::Id(id) => Some(id.to_string()),
             PatientRef::Identifier { .. } => None,
         };
     }
-    compartment::PATIENT_REFERENCE_FIELDS
+    compartment::patient_paths(resource_type)
         .iter()
-        .find_map(|field| {
-            let reference = resource.get(field)?.get("reference")?.as_str()?;
-            if reference.starts_with("urn:uuid:") {
-                return None;
-            }
-            match pseudonym::patient_in_reference(reference) {
-                Some(id) => Some(id.to_string()),
-                None => {
-                    let (system, value) = compartment::conditional_identifier(reference)?;
-                    resolve(system.as_deref(), &value)
-                }
-            }
+        .flat_map(|path| compartment::references_at(resource, path))
+        .filter(|reference| not_a_bundle_uuid(reference))
+        .find_map(|reference| match compartment::patient_in(reference)? {
+            PatientRef::Id(id) => Some(id.to_string()),
+            PatientRef::Identifier { system, value } => resolve(system.as_deref(), &value),
         })
 }
 
@@ -635,7 +632,15 @@ mod tests {
 
     #[test]
     fn patient_references() {
-        let stored = |field: &str, reference: &str| serde_json::json!({"resourceType": "Observation", "id": "o", field: {"reference": reference}});
+        // Each field on a resource type whose patient it names (R4 CompartmentDefinition).
+        let stored = |field: &str, reference: &str| {
+            let resource_type = match field {
+                "patient" => "Claim",
+                "beneficiary" => "Coverage",
+                _ => "Observation",
+            };
+            serde_json::json!({"resourceType": resource_type, "id": "o", field: {"reference": reference}})
+        };
         let at =
             |field: &str, reference: &str| patient_compartment(&stored(field, reference), None);
         assert_eq!(at("subject", "Patient/abc").as_deref(), Some("abc"));
@@ -670,5 +675,31 @@ mod tests {
         let both = serde_json::json!({"resourceType": "Claim", "id": "c",
             "subject": {"reference": "urn:uuid:0f3a"}, "patient": {"reference": "Patient/p2"}});
         assert_eq!(patient_compartment(&both, None).as_deref(), Some("p2"));
+    }
+
+    #[test]
+    fn the_patient_comes_from_the_r4_compartment_definition() {
+        let at = |resource: Value| patient_compartment(&resource, None);
+        // Coverage is about its beneficiary, not the policy holder named first.
+        let coverage = serde_json::json!({"resourceType": "Coverage", "id": "c",
+            "policyHolder": {"reference": "Patient/parent"},
+            "beneficiary": {"reference": "Patient/child"}});
+        assert_eq!(at(coverage).as_deref(), Some("child"));
+        // Paths through arrays: the first participant that is a Patient.
+        let appointment = serde_json::json!({"resourceType": "Appointment", "id": "a",
+            "participant": [{"actor": {"reference": "Practitioner/d"}},
+                            {"actor": {"reference": "Patient/p3"}}]});
+        assert_eq!(at(appointment).as_deref(), Some("p3"));
+        let provenance = serde_json::json!({"resourceType": "Provenance", "id": "v",
+            "target": [{"reference": "Encounter/e"}, {"reference": "Patient/p4"}]});
+        assert_eq!(at(provenance).as_deref(), Some("p4"));
+        // A Group is in each member's compartment and about none of them; a Practitioner's
+        // `subject`-like fields do not exist.
+        let group = serde_json::json!({"resourceType": "Group", "id": "g",
+            "member": [{"entity": {"reference": "Patient/p1"}}]});
+        assert_eq!(at(group), None);
+        let practitioner = serde_json::json!({"resourceType": "Practitioner", "id": "d",
+            "subject": {"reference": "Patient/p1"}});
+        assert_eq!(at(practitioner), None);
     }
 }

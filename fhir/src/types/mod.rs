@@ -535,6 +535,21 @@ mod tests {
 
     #[test]
     fn resource_types_are_r4() {
+        // The 146 concrete R4 resource types (the list the connectors used to keep by hand).
+        assert_eq!(all_types().filter(|t| is_resource_type(t)).count(), 146);
+        for t in [
+            "Account",
+            "Bundle",
+            "Parameters",
+            "Binary",
+            "Patient",
+            "VisionPrescription",
+        ] {
+            assert!(is_resource_type(t), "{t}");
+        }
+        for t in ["DomainResource", "Resource", "patient", "", "Foo"] {
+            assert!(!is_resource_type(t), "{t}");
+        }
         assert!(is_resource_type("Patient"));
         assert!(is_resource_type("MedicinalProduct"));
         assert!(!is_resource_type("DeviceComponent"));
