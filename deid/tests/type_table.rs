@@ -19,8 +19,8 @@ use fhirlake_deid::coverage::{
     Ask, Choices, EveryElement, Generated, Options, STRING_LIKE_TYPES, Token, generate,
     resource_types, surviving,
 };
-use fhirlake_fhir::types as fhir_types;
 use fhirlake_deid::{DeidKey, Deidentifier, Disposition, Policy, PolicyEngine};
+use fhirlake_fhir::types as fhir_types;
 use proptest::prelude::*;
 use serde_json::Value;
 
