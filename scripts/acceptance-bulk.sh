@@ -17,5 +17,5 @@ if [[ "${PROFILE:-release}" == debug ]]; then
     profile_flag=()
 fi
 export FHIRLAKE_ACCEPTANCE_MULTIPLIER="${MULTIPLIER:-100}"
-exec cargo test "${profile_flag[@]}" -p fhirlake --test bulk -- \
-    --ignored --exact acceptance_ingest_bulk_at_scale --nocapture
+exec cargo test "${profile_flag[@]}" -p fhirlake-tests --test e2e -- \
+    --ignored --exact bulk::acceptance_ingest_bulk_at_scale --nocapture

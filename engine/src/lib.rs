@@ -5,9 +5,13 @@
 //! - [`ingest`]: sources -> parse -> de-identify -> staged Parquet -> one Delta MERGE per table.
 //! - [`views`]: SQL-on-FHIR views materialized in the lake and kept up to date at every ingest.
 //! - [`sample`]: the embedded Synthea sample used by `fhirlake quickstart`.
-//!
-//! The `fhirlake` binary (src/main.rs and src/cli/) is a thin layer over this library.
+//! - [`cli`]: the command line; the `fhirlake` binary (src/main.rs) only calls [`cli::main`], and
+//!   so does the copy of it that the end-to-end tests build (tests/src/bin/).
 
+// `cli/` names this crate `fhirlake::`, as the binary that it was written for does.
+extern crate self as fhirlake;
+
+pub mod cli;
 pub mod error;
 pub mod ingest;
 pub mod lake;

@@ -1,8 +1,6 @@
-//! The `fhirlake` command line. Thin: argument parsing and output live in `cli/`, the work in the
-//! `fhirlake` library and its sibling crates.
-
-mod cli;
+//! The `fhirlake` command line. Thin: argument parsing and output live in the library's `cli`
+//! module, the work in the rest of the `fhirlake` library and its sibling crates.
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    fhirlake::cli::main()
 }

@@ -1,14 +1,19 @@
 //! Shared helpers of the end-to-end tests: locating the `fhirlake` binary and the test data, and
 //! running commands with a clean environment.
 //!
-//! The tests drive the real binary (as a user would) against temporary lakes. They are integration
-//! tests of the `fhirlake` package (declared in engine/Cargo.toml), so cargo builds the binary and
-//! tells them where it is.
+//! The tests drive the real binary (as a user would) against temporary lakes. They are one
+//! integration test (tests/main.rs) of this package, whose `fhirlake-e2e` bin is the `fhirlake`
+//! binary built from the same `fhirlake::cli::main`, so cargo builds it first and tells them where
+//! it is.
 
 pub mod bulk_server;
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// The de-identification key of the tests (synthetic; 32 bytes in hex).
+pub const KEY: &str = "4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
 
 /// Repository root.
 pub fn repo_root() -> PathBuf {
@@ -34,16 +39,24 @@ pub fn shared_synthea(name: &str) -> PathBuf {
 }
 
 /// A `fhirlake` command running in `cwd`, with every `FHIRLAKE_*` variable removed so that the
-/// developer's environment cannot change test outcomes.
+/// developer's environment cannot change test outcomes. The program is this package's
+/// `fhirlake-e2e` bin, started as `fhirlake` (`argv[0]`) so that its messages read as a user's.
 pub fn fhirlake(cwd: &Path) -> Command {
-    let bin = assert_cmd::cargo::cargo_bin("fhirlake");
+    let bin = assert_cmd::cargo::cargo_bin("fhirlake-e2e");
     let mut command = Command::new(bin);
-    command.current_dir(cwd);
+    command.arg0("fhirlake").current_dir(cwd);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("FHIRLAKE_") {
             command.env_remove(key);
         }
     }
+    command
+}
+
+/// A `fhirlake` command with the test key ([`KEY`]) in the environment.
+pub fn keyed(cwd: &Path) -> Command {
+    let mut command = fhirlake(cwd);
+    command.env("FHIRLAKE_DEID_KEY", KEY);
     command
 }
 

@@ -11,7 +11,6 @@ use std::path::Path;
 use fhirlake_tests::*;
 use serde_json::{Value, json};
 
-const KEY: &str = "4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
 const MRN: &str = "http://hospital.example/mrn";
 
 fn patient(id: &str, mrn: &str) -> Value {

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use fhirlake_tests::*;
 
-const KEY: &str = "4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
 const OTHER_KEY: &str = "0000000000000000000000000000000000000000000000000000000000000001";
 
 fn with_key(cwd: &Path, key: &str) -> std::process::Command {

@@ -21,7 +21,6 @@ use futures::TryStreamExt;
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
-const KEY: &str = "4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
 const PASSWORD: &str = "correct horse battery";
 /// Bound on every client call.
 const CALL: Duration = Duration::from_secs(60);

@@ -14,8 +14,6 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use fhirlake_tests::*;
 
-const KEY: &str = "4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
-
 /// Sample files of patient-compartment types (every resource gets a per-patient date shift).
 const SAMPLE_FILES: [&str; 5] = [
     "36.Patient.ndjson.gz",

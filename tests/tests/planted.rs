@@ -24,7 +24,6 @@ use chrono::NaiveDate;
 use fhirlake_tests::*;
 use serde_json::{Value, json};
 
-const KEY: &str = "4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
 const SYNTHEA: &str = "sample-bulk-fhir-10-patients";
 
 /// A Bundle file named after its patient, as Synthea names them (the two name parts are planted).
@@ -587,13 +586,6 @@ fn build_corpus(dir: &Path) -> Corpus {
         tokens,
         originals,
     }
-}
-
-/// A `fhirlake` command with the test key in the environment.
-fn keyed(cwd: &Path) -> std::process::Command {
-    let mut command = fhirlake(cwd);
-    command.env("FHIRLAKE_DEID_KEY", KEY);
-    command
 }
 
 /// The corpus ingested with the default policy into `<dir>/L` (landing zone `<dir>/landing`,

@@ -7,15 +7,7 @@ use std::path::{Path, PathBuf};
 
 use fhirlake_tests::*;
 
-const KEY: &str = "4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
 const CONDITIONS: &str = "10.Condition.ndjson.gz";
-
-/// A `fhirlake` command with the test key in the environment.
-fn keyed(cwd: &Path) -> std::process::Command {
-    let mut command = fhirlake(cwd);
-    command.env("FHIRLAKE_DEID_KEY", KEY);
-    command
-}
 
 /// The planted value of name `n` of patient `i`: unique, so a match anywhere is this leak.
 fn planted(i: usize, n: usize) -> String {

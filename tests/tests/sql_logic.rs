@@ -18,8 +18,6 @@ use fhirlake_sql::LakeSession;
 use fhirlake_tests::*;
 use sqllogictest::{DBOutput, DefaultColumnType};
 
-const KEY: &str = "4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
-
 /// One sqllogictest connection: a session over the test lake.
 struct LakeDb {
     session: LakeSession,

@@ -9,16 +9,8 @@ use std::path::{Path, PathBuf};
 use fhirlake_tests::*;
 use serde_json::Value;
 
-const KEY: &str = "4f1c2a9e8b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
-
 fn suite_dir() -> PathBuf {
     repo_root().join("../shared/conformance/sql-on-fhir-v2/tests")
-}
-
-fn keyed(cwd: &Path) -> std::process::Command {
-    let mut command = fhirlake(cwd);
-    command.env("FHIRLAKE_DEID_KEY", KEY);
-    command
 }
 
 /// Numbers by value, objects with sorted keys: rows compare as the reference runner does.
