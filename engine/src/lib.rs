@@ -4,6 +4,7 @@
 //!   log, the writer lock, and the query snapshot handed to `fhirlake-sql`.
 //! - [`ingest`]: sources -> parse -> de-identify -> staged Parquet -> one Delta MERGE per table.
 //! - [`views`]: SQL-on-FHIR views materialized in the lake and kept up to date at every ingest.
+//! - [`serve`]: the Flight SQL service over the lake and its query service (`fhirlake serve`).
 //! - [`sample`]: the embedded Synthea sample used by `fhirlake quickstart`.
 //!
 //! The `fhirlake` binary (src/main.rs and src/cli/) is a thin layer over this library.
@@ -12,6 +13,7 @@ pub mod error;
 pub mod ingest;
 pub mod lake;
 pub mod sample;
+pub mod serve;
 pub mod views;
 
 pub use error::{Error, Result};

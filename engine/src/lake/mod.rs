@@ -9,6 +9,7 @@ mod lock;
 pub mod purge;
 pub mod runs;
 pub mod schema;
+mod snapshot;
 mod store;
 pub mod table_id;
 
@@ -21,7 +22,7 @@ use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use fhirlake_connectors::StoreOptions;
-use fhirlake_sql::{LakeSession, LakeTable};
+use fhirlake_sql::LakeSession;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
@@ -322,20 +323,7 @@ impl Lake {
 
     /// A query session over the newest version of every table.
     pub async fn session(&self) -> Result<LakeSession> {
-        let tables = self
-            .load_all()
-            .await?
-            .into_iter()
-            .map(|(id, table)| LakeTable {
-                schema: id.group.sql_schema().to_string(),
-                name: id.name,
-                table,
-            })
-            .collect();
-        Ok(LakeSession::try_new(
-            tables,
-            vec![self.store_registration()],
-        )?)
+        self.session_as_of(None).await
     }
 
     /// Gives every table written before statistics were restricted the properties of
