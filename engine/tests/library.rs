@@ -144,3 +144,88 @@ async fn flight_server_binds_a_free_port() {
     server.run(async {}).await.unwrap();
     assert!(dir.path().join("audit.ndjson").exists());
 }
+
+/// Rows of `SELECT count(*) ...` over the lake's newest snapshot.
+async fn lake_count(lake: &Lake, sql: &str) -> i64 {
+    let batches = lake
+        .session()
+        .await
+        .unwrap()
+        .sql(sql)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let counts = batches[0].column(0);
+    counts
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+#[tokio::test]
+async fn pull_and_ingest_commits_the_export_and_removes_the_pulled_folder() {
+    use fhirlake_connectors::bulk::{ExportRequest, PullOptions, RetryPolicy};
+    use fhirlake_tests::bulk_server::{Faults, MockBulkServer};
+
+    let data = fhirlake_tests::shared_synthea("bulk-data-server-100-patients");
+    let server = MockBulkServer::start(&data, 1, Faults::default(), None);
+    let types = ["Patient", "AllergyIntolerance"];
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(
+        dir.path().join("lake").to_str().unwrap(),
+        StoreOptions::default(),
+    )
+    .unwrap();
+    let landing = dir.path().join("landing");
+    let pull_dir = landing.join("bulk");
+    let request = ExportRequest::new(server.base_url())
+        .with_types(types.iter().map(|t| t.to_string()).collect());
+    let pull = PullOptions::new(&pull_dir).with_retry(RetryPolicy {
+        min_wait: Duration::from_millis(5),
+        max_wait: Duration::from_millis(100),
+        backoff: Duration::from_millis(5),
+        ..RetryPolicy::default()
+    });
+    let ingest = Ingest::new(
+        vec![pull_dir.display().to_string()],
+        lake.clone(),
+        Arc::new(Passthrough),
+    )
+    .with_landing(&landing);
+    let report = fhirlake::ingest::bulk::pull_and_ingest(request, pull, ingest)
+        .await
+        .unwrap();
+    let pulled = report.pulled.expect("the pull finished");
+    let expected = server.expected_counts(&types);
+    assert_eq!(
+        pulled
+            .resources_by_type()
+            .into_iter()
+            .map(|(t, n)| (t, n as usize))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        expected
+    );
+    report.ingest.expect("the ingest committed");
+    assert!(report.cleanup.is_none());
+    assert!(
+        !pull_dir.exists(),
+        "the pulled folder holds identified data"
+    );
+    assert_eq!(
+        lake_count(&lake, "SELECT count(*) FROM raw.patient").await as usize,
+        expected["Patient"]
+    );
+    assert_eq!(
+        lake_count(&lake, "SELECT count(*) FROM raw.allergy_intolerance").await as usize,
+        expected["AllergyIntolerance"]
+    );
+    // The export is recorded for `fhirlake sync`.
+    let last = fhirlake::lake::runs::last_export(&lake)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.transaction_time, pulled.transaction_time);
+}

@@ -15,6 +15,7 @@
 //!    files read are recorded by digest and counts, never by name or path (names can identify
 //!    patients), and every column is taken from de-identified data.
 
+pub mod bulk;
 pub mod merge;
 pub mod observer;
 pub mod patient_index;
