@@ -73,6 +73,29 @@ pub enum Error {
     /// Query side error.
     #[error(transparent)]
     Sql(Box<fhirlake_sql::Error>),
+    /// A query over the lake failed (e.g. the risk report's read of `raw.patient`).
+    #[error("{context}: {source}")]
+    Query {
+        /// What was being read.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Box<fhirlake_sql::Error>,
+    },
+    /// A lake table holds a row fhirlake cannot read (not written by fhirlake, or damaged).
+    #[error("{table}: {reason}")]
+    BadRow {
+        /// SQL name of the table.
+        table: String,
+        /// What is wrong with the row (never its values).
+        reason: &'static str,
+        /// The JSON error, when the row is not JSON.
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+    /// The risk report cannot be made as asked, or a row is not a Patient.
+    #[error(transparent)]
+    Risk(#[from] fhirlake_deid::risk::RiskError),
     /// DataFusion error while staging or merging.
     #[error("{context}: {source}")]
     DataFusion {

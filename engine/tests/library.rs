@@ -229,3 +229,42 @@ async fn pull_and_ingest_commits_the_export_and_removes_the_pulled_folder() {
         .unwrap();
     assert_eq!(last.transaction_time, pulled.transaction_time);
 }
+
+#[tokio::test]
+async fn risk_report_reads_the_lake_patients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = patients(&["a", "b", "c"]);
+    text.push_str(
+        r#"{"resourceType":"Patient","id":"d","gender":"male","birthDate":"1980-05-05","meta":{"lastUpdated":"2026-01-01T00:00:00Z"}}"#,
+    );
+    text.push('\n');
+    let lake = ingest(dir.path(), "a.ndjson", &text).await;
+    let attributes = vec!["birth_year".to_string(), "gender".to_string()];
+    let report = fhirlake::lake::risk::risk_report(&lake, &attributes, 2)
+        .await
+        .unwrap();
+    assert_eq!(report.patients, 4);
+    assert_eq!(report.classes, 2);
+    assert_eq!(report.smallest_class, 1);
+    assert_eq!(report.unique_patients, 1);
+    assert_eq!(report.patients_below_k, 1);
+}
+
+#[tokio::test]
+async fn risk_report_of_an_empty_lake_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(
+        dir.path().join("lake").to_str().unwrap(),
+        StoreOptions::default(),
+    )
+    .unwrap();
+    let error = fhirlake::lake::risk::risk_report(&lake, &["gender".to_string()], 2)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("reading raw.patient (has anything been ingested?)"),
+        "{error}"
+    );
+}

@@ -7,6 +7,7 @@
 
 mod lock;
 pub mod purge;
+pub mod risk;
 pub mod runs;
 pub mod schema;
 mod snapshot;
