@@ -61,7 +61,7 @@ pub async fn refresh_view(
     let name = view
         .name
         .clone()
-        .ok_or_else(|| Error::View("a materialized view needs a name".into()))?;
+        .ok_or(crate::error::ViewRefusal::UnnamedMaterialized)?;
     let id = TableId::view(&name);
     let raw_id = TableId::raw(&view.resource);
     let builder = ViewBatchBuilder::new(view.clone()).with_resource_id_column();

@@ -13,6 +13,7 @@ use fhirlake_views::CompiledView;
 use fhirlake_views::builtin::{BUILTIN_VIEWS, builtin_views};
 use futures::TryStreamExt;
 
+use crate::error::ViewRefusal;
 use crate::lake::schema::timestamp_type;
 use crate::lake::{DeidStamp, Lake, TableGroup, TableId};
 use crate::{Error, Result};
@@ -140,28 +141,20 @@ pub async fn register_view(
 ) -> Result<Arc<CompiledView>> {
     let view = CompiledView::from_json_text(definition)?;
     let Some(name) = view.name.clone() else {
-        return Err(Error::View(
-            "the ViewDefinition needs a `name`: it becomes the table name".into(),
-        ));
+        return Err(ViewRefusal::Unnamed.into());
     };
     if name.starts_with('_') || name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(Error::View(format!(
-            "view name `{name}`: use lower snake case (it becomes the SQL table name)"
-        )));
+        return Err(ViewRefusal::NotSnakeCase(name).into());
     }
     if BUILTIN_VIEWS.iter().any(|(n, _)| *n == name) {
-        return Err(Error::View(format!(
-            "`{name}` is a built-in view; give the custom view another name"
-        )));
+        return Err(ViewRefusal::BuiltinName(name).into());
     }
     if custom_definitions(lake)
         .await?
         .iter()
         .any(|(n, _)| *n == name)
     {
-        return Err(Error::View(format!(
-            "a view named `{name}` exists already; `fhirlake view drop {name}` first"
-        )));
+        return Err(ViewRefusal::Exists(name).into());
     }
     let id = views_table();
     let table = lake
@@ -210,16 +203,14 @@ pub async fn lake_stamp(lake: &Lake) -> Result<Option<DeidStamp>> {
 /// Removes a custom view: its row in `lake.views` and its table. Built-ins cannot be dropped.
 pub async fn drop_view(lake: &Lake, name: &str) -> Result<()> {
     if BUILTIN_VIEWS.iter().any(|(n, _)| *n == name) {
-        return Err(Error::View(format!(
-            "`{name}` is a built-in view and is maintained by every ingest; it cannot be dropped"
-        )));
+        return Err(ViewRefusal::BuiltinDrop(name.to_string()).into());
     }
     if !custom_definitions(lake)
         .await?
         .iter()
         .any(|(n, _)| n == name)
     {
-        return Err(Error::View(format!("no custom view named `{name}`")));
+        return Err(ViewRefusal::NoSuchView(name.to_string()).into());
     }
     let id = views_table();
     if let Some(table) = lake.load_table(&id).await? {
