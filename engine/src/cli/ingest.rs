@@ -12,8 +12,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use clap::Args;
 use fhirlake::ingest::patient_index::PatientsByIdentifier;
 use fhirlake::ingest::{Ingest, IngestReport, RunStatus};
-use fhirlake::lake::Lake;
 use fhirlake::lake::runs::TypeCounts;
+use fhirlake::lake::{Lake, layout};
 use fhirlake_deid::Deidentifier;
 
 use super::args::{GlobalArgs, LakeArgs};
@@ -171,7 +171,7 @@ pub async fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
             eprintln!("error: {e}");
             eprintln!(
                 "rejected lines are kept in {}",
-                args.ingest.landing.join("rejected").display()
+                args.ingest.landing.join(layout::LANDING_REJECTED).display()
             );
             Ok(ExitCode::from(EXIT_FAILED))
         }
@@ -288,7 +288,7 @@ pub async fn ingest_bulk(
     // Validate everything before any I/O.
     let deid = options.deidentifier()?;
     let lake = lake_args.open()?;
-    let pull_dir = options.landing.join("bulk");
+    let pull_dir = options.landing.join(layout::LANDING_BULK);
     let auth = auth.connect(&request.base_url).await?;
     let pull_options = export.options(&pull_dir, auth, global.quiet, rerun_hint)?;
     let observer = Arc::new(CliObserver::new(global.quiet));
@@ -323,7 +323,7 @@ pub async fn ingest_bulk(
             eprintln!("error: {e}");
             eprintln!(
                 "rejected lines are kept in {}; the export stays in {}",
-                options.landing.join("rejected").display(),
+                options.landing.join(layout::LANDING_REJECTED).display(),
                 pull_dir.display()
             );
             Ok(ExitCode::from(EXIT_FAILED))

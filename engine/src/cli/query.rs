@@ -175,7 +175,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         run_id.push(
             commit
                 .info
-                .get("fhirlake.runId")
+                .get(fhirlake::lake::layout::COMMIT_RUN_ID)
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
         );

@@ -273,7 +273,10 @@ impl Ingest {
                 .await?;
         }
 
-        let staging_dir = self.landing.join("staging").join(&run_id);
+        let staging_dir = self
+            .landing
+            .join(crate::lake::layout::LANDING_STAGING)
+            .join(&run_id);
         let staging = Staging::create(staging_dir.clone())?;
         let read_options = ReadOptions {
             max_line_bytes: self.max_line_bytes,

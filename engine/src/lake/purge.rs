@@ -44,8 +44,8 @@ use fhirlake_sql::{LakeSession, LakeTable};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::Value;
 
+use super::layout::{self, timestamp_type};
 use super::runs::{RunRecord, TypeCounts, record_run};
-use super::schema::timestamp_type;
 use super::{DeidStamp, Lake, TableGroup, TableId, table_stamp};
 use crate::ingest::validate::stored_patient_compartment;
 use crate::views::ViewOutcome;
@@ -192,7 +192,10 @@ impl Purge {
         };
 
         let commit = CommitProperties::default().with_metadata([
-            ("fhirlake.runId".to_string(), Value::from(run_id.as_str())),
+            (
+                layout::COMMIT_RUN_ID.to_string(),
+                Value::from(run_id.as_str()),
+            ),
             (
                 "fhirlake.keyId".to_string(),
                 Value::from(stamp.key_id.as_str()),

@@ -15,7 +15,7 @@ use fhirlake_sql::session::{CATALOG, ScanTable, limited_runtime, parquet_scan};
 use fhirlake_sql::{AsOf, Caller, LakeSession, QueryService, Role, TableInfo};
 
 use crate::lake::Lake;
-use crate::lake::table_id::TableGroup;
+use crate::lake::layout;
 
 /// Pinned snapshots kept in memory (each pin a client set; the newest snapshot is always kept).
 const MAX_PINNED_SNAPSHOTS: usize = 16;
@@ -114,8 +114,8 @@ impl LakeQueryService {
             .collect();
         if caller.role == Role::Steward {
             tables.push(ScanTable {
-                schema: TableGroup::Lake.sql_schema().into(),
-                name: "audit".into(),
+                schema: layout::SCHEMA_LAKE.into(),
+                name: layout::TABLE_AUDIT.into(),
                 provider: fhirlake_sql::flight::audit::audit_table(&self.audit_log)?,
             });
         }
@@ -128,9 +128,8 @@ impl LakeQueryService {
 impl QueryService for LakeQueryService {
     async fn plan(&self, caller: &Caller, sql: &str) -> fhirlake_sql::Result<DataFrame> {
         let tables = self.visible(caller).await?;
-        let schemas: Vec<&str> = [TableGroup::Raw, TableGroup::Lake]
+        let schemas: Vec<&str> = [layout::SCHEMA_RAW, layout::SCHEMA_LAKE]
             .into_iter()
-            .map(TableGroup::sql_schema)
             .filter(|s| caller.role.can_read_schema(s))
             .collect();
         let session = LakeSession::from_scans(

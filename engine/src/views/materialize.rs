@@ -29,7 +29,7 @@ use fhirlake_views::run::RESOURCE_ID_COLUMN;
 use fhirlake_views::{CompiledView, JsonParser, ViewBatchBuilder};
 use futures::{StreamExt, TryStreamExt};
 
-use crate::lake::{DeidStamp, Lake, TableId};
+use crate::lake::{DeidStamp, Lake, TableId, layout};
 use crate::{Error, Result};
 
 /// The result of refreshing one view.
@@ -76,11 +76,11 @@ pub async fn refresh_view(
     let commit = |mode: &str| {
         CommitProperties::default().with_metadata([
             (
-                "fhirlake.runId".to_string(),
+                layout::COMMIT_RUN_ID.to_string(),
                 serde_json::Value::from(run_id),
             ),
             (
-                "fhirlake.viewRefresh".to_string(),
+                layout::COMMIT_VIEW_REFRESH.to_string(),
                 serde_json::Value::from(mode),
             ),
         ])
@@ -88,7 +88,7 @@ pub async fn refresh_view(
     if rebuild {
         let (batches, touched, failed) = match raw {
             Some(raw) => {
-                let session = session(lake, vec![("raw", raw_id.name.clone(), raw)])?;
+                let session = session(lake, vec![(layout::SCHEMA_RAW, raw_id.name.clone(), raw)])?;
                 let query = format!("SELECT id, resource FROM {raw_id}");
                 compute_rows(&session, &query, builder, view).await?
             }
@@ -149,23 +149,25 @@ pub async fn refresh_view(
         return Ok(ViewOutcome::default());
     };
     let mut tables = vec![
-        ("raw", raw_id.name.clone(), raw),
-        ("public", name.clone(), table.clone()),
+        (layout::SCHEMA_RAW, raw_id.name.clone(), raw),
+        (layout::SCHEMA_VIEWS, name.clone(), table.clone()),
     ];
-    let runs = lake.load_table(&TableId::runs()).await?;
+    let runs_id = TableId::runs();
+    let runs = lake.load_table(&runs_id).await?;
     let recorded_filter = if let Some(runs) = runs {
-        tables.push(("lake", "runs".into(), runs));
-        " WHERE run_id NOT IN (SELECT run_id FROM lake.runs)"
+        tables.push((layout::SCHEMA_LAKE, runs_id.name.clone(), runs));
+        format!(" WHERE run_id NOT IN (SELECT run_id FROM {runs_id})")
     } else {
-        ""
+        String::new()
     };
     let session = session(lake, tables)?;
     let query = format!("SELECT id, resource FROM {raw_id}{recorded_filter}");
     let (batches, mut affected, failed) = compute_rows(&session, &query, builder, view).await?;
     // View rows whose resource was deleted from the raw table.
     let orphans = format!(
-        "SELECT DISTINCT {RESOURCE_ID_COLUMN} FROM public.{name} \
-         EXCEPT SELECT id FROM {raw_id}"
+        "SELECT DISTINCT {RESOURCE_ID_COLUMN} FROM {views}.{name} \
+         EXCEPT SELECT id FROM {raw_id}",
+        views = layout::SCHEMA_VIEWS,
     );
     let context = format!("finding deleted resources of view {name}");
     let orphan_batches: Vec<RecordBatch> = session

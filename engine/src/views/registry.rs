@@ -1,10 +1,9 @@
 //! The views of a lake: every built-in view, plus custom ViewDefinitions registered in the
 //! `lake.views` table (name, resource type, definition JSON, hash, when added).
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::Utc;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
@@ -14,7 +13,7 @@ use fhirlake_views::builtin::{BUILTIN_VIEWS, builtin_views};
 use futures::TryStreamExt;
 
 use crate::error::ViewRefusal;
-use crate::lake::schema::timestamp_type;
+use crate::lake::layout::{self, VIEWS_SCHEMA};
 use crate::lake::{DeidStamp, Lake, TableGroup, TableId};
 use crate::{Error, Result};
 
@@ -57,20 +56,9 @@ impl RegisteredView {
 pub fn views_table() -> TableId {
     TableId {
         group: TableGroup::Lake,
-        name: "views".to_string(),
+        name: layout::TABLE_VIEWS.to_string(),
     }
 }
-
-/// Schema of `lake.views`.
-pub static VIEWS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new("name", DataType::Utf8, false),
-        Field::new("resource", DataType::Utf8, false),
-        Field::new("definition", DataType::Utf8, false),
-        Field::new("definition_hash", DataType::Utf8, false),
-        Field::new("added_at", timestamp_type(), false),
-    ]))
-});
 
 /// Every view of the lake: the built-ins, then the custom ones by name.
 pub async fn lake_views(lake: &Lake) -> Result<Vec<RegisteredView>> {
@@ -99,14 +87,14 @@ pub async fn custom_definitions(lake: &Lake) -> Result<Vec<(String, String)>> {
     };
     let session = LakeSession::try_new(
         vec![LakeTable {
-            schema: "lake".into(),
-            name: "views".into(),
+            schema: layout::SCHEMA_LAKE.into(),
+            name: layout::TABLE_VIEWS.into(),
             table,
         }],
         vec![lake.store_registration()],
     )?;
     let batches = session
-        .sql("SELECT name, definition FROM lake.views ORDER BY name")
+        .sql(&format!("SELECT name, definition FROM {id} ORDER BY name"))
         .await?
         .execute_stream()
         .await
