@@ -17,4 +17,4 @@ pub use fhirlake_views as view;
 pub use error::{Error, Result};
 pub use format::{OutputFormat, write_stream};
 pub use service::{AsOf, Caller, QueryOptions, QueryService, Role, TableInfo};
-pub use session::{LakeSession, LakeTable, ScanTable};
+pub use session::{LakeSchemas, LakeSession, LakeTable, ScanTable};

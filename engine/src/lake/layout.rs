@@ -7,6 +7,7 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use fhirlake_sql::LakeSchemas;
 
 // SQL schemas (and the folders under the lake root that hold their tables).
 
@@ -45,6 +46,13 @@ pub const LANDING_REJECTED: &str = "rejected";
 pub const LANDING_STAGING: &str = "staging";
 /// A Bulk Data export pulled by `ingest --bulk` / `sync`: `<landing>/bulk/`.
 pub const LANDING_BULK: &str = "bulk";
+
+/// The SQL schemas as `fhirlake-sql` is handed them (its sessions, roles and Flight metadata).
+pub const LAKE_SCHEMAS: LakeSchemas = LakeSchemas {
+    views: SCHEMA_VIEWS,
+    resources: SCHEMA_RAW,
+    bookkeeping: SCHEMA_LAKE,
+};
 
 // Table properties: the de-identification stamp and the statistics restriction.
 
@@ -219,3 +227,30 @@ pub static VIEWS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("added_at", timestamp_type(), false),
     ]))
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::TableId;
+
+    #[test]
+    fn names_and_folders_follow_the_layout() {
+        assert_eq!(LAKE_SCHEMAS.all(), ["public", "raw", "lake"]);
+        assert_eq!(TableId::runs().to_string(), "lake.runs");
+        assert_eq!(TableId::runs().relative_path(), "lake/runs");
+        assert_eq!(
+            crate::views::registry::views_table().to_string(),
+            "lake.views"
+        );
+        assert_eq!(TableId::raw("Patient").relative_path(), "raw/patient");
+        assert_eq!(TableId::view("patient").relative_path(), "views/patient");
+        assert_eq!(
+            TableId::parse("views.patient"),
+            Some(TableId::view("patient"))
+        );
+        assert_eq!(
+            TableId::parse("public.patient"),
+            Some(TableId::view("patient"))
+        );
+    }
+}

@@ -31,8 +31,9 @@ impl Lake {
     /// A query session over the snapshot `as_of` (`None`: the newest version of every table).
     pub async fn session_as_of(&self, as_of: Option<AsOf>) -> Result<LakeSession> {
         let tables = self.snapshot_tables(as_of).await?;
-        Ok(LakeSession::try_new(
+        Ok(LakeSession::over_lake(
             tables,
+            &super::layout::LAKE_SCHEMAS,
             vec![self.store_registration()],
         )?)
     }

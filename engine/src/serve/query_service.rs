@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::DataFrame;
 use fhirlake_sql::session::{CATALOG, ScanTable, limited_runtime, parquet_scan};
-use fhirlake_sql::{AsOf, Caller, LakeSession, QueryService, Role, TableInfo};
+use fhirlake_sql::{AsOf, Caller, LakeSchemas, LakeSession, QueryService, Role, TableInfo};
 
 use crate::lake::Lake;
-use crate::lake::layout;
+use crate::lake::layout::{self, LAKE_SCHEMAS};
 
 /// Pinned snapshots kept in memory (each pin a client set; the newest snapshot is always kept).
 const MAX_PINNED_SNAPSHOTS: usize = 16;
@@ -109,7 +109,7 @@ impl LakeQueryService {
         let mut tables: Vec<ScanTable> = snapshot
             .tables
             .iter()
-            .filter(|t| caller.role.can_read_schema(&t.schema))
+            .filter(|t| LAKE_SCHEMAS.readable(caller.role, &t.schema))
             .cloned()
             .collect();
         if caller.role == Role::Steward {
@@ -130,10 +130,11 @@ impl QueryService for LakeQueryService {
         let tables = self.visible(caller).await?;
         let schemas: Vec<&str> = [layout::SCHEMA_RAW, layout::SCHEMA_LAKE]
             .into_iter()
-            .filter(|s| caller.role.can_read_schema(s))
+            .filter(|s| LAKE_SCHEMAS.readable(caller.role, s))
             .collect();
         let session = LakeSession::from_scans(
             tables,
+            Some(layout::SCHEMA_VIEWS),
             &schemas,
             vec![self.lake.store_registration()],
             limited_runtime(self.memory_limit)?,
@@ -154,5 +155,9 @@ impl QueryService for LakeQueryService {
                 table_type: "TABLE",
             })
             .collect())
+    }
+
+    fn schemas(&self) -> LakeSchemas {
+        LAKE_SCHEMAS
     }
 }

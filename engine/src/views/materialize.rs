@@ -232,7 +232,7 @@ pub async fn refresh_view(
 }
 
 fn session(lake: &Lake, tables: Vec<(&str, String, DeltaTable)>) -> Result<LakeSession> {
-    Ok(LakeSession::try_new(
+    Ok(LakeSession::over_lake(
         tables
             .into_iter()
             .map(|(schema, name, table)| LakeTable {
@@ -241,6 +241,7 @@ fn session(lake: &Lake, tables: Vec<(&str, String, DeltaTable)>) -> Result<LakeS
                 table,
             })
             .collect(),
+        &layout::LAKE_SCHEMAS,
         vec![lake.store_registration()],
     )?)
 }
