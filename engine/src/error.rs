@@ -165,6 +165,11 @@ impl Error {
         }
     }
 
+    /// An Arrow error (casting a column, assembling a batch) while `context`.
+    pub(crate) fn arrow(context: impl std::fmt::Display, source: arrow::error::ArrowError) -> Self {
+        Self::datafusion(context, source.into())
+    }
+
     pub(crate) fn datafusion(
         context: impl std::fmt::Display,
         source: datafusion::error::DataFusionError,

@@ -572,7 +572,7 @@ fn changes_frame(changes: Vec<Change>, run_id: &str) -> Result<datafusion::prelu
         Arc::new(StringArray::from(ops)),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)
-        .map_err(|e| Error::Internal(format!("purge merge source: {e}")))?;
+        .map_err(|e| Error::arrow("purge merge source", e))?;
     let table = MemTable::try_new(schema, vec![vec![batch]])
         .map_err(|e| Error::datafusion("purge merge source", e))?;
     SessionContext::new()
@@ -657,7 +657,7 @@ fn log_file_version(name: &str) -> Option<u64> {
 }
 
 fn micros_column(batch: &RecordBatch, i: usize) -> Result<Int64Array> {
-    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("raw column {i}: {e}"));
+    let internal = |e| Error::arrow(format!("raw column {i}"), e);
     let micros = arrow::compute::cast(
         batch.column(i),
         &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),

@@ -330,13 +330,13 @@ pub async fn last_export(lake: &Lake) -> Result<Option<ExportRecord>> {
         .await?
         .collect()
         .await
-        .map_err(|e| Error::Internal(format!("reading lake.runs: {e}")))?;
+        .map_err(|e| Error::datafusion(format!("reading {id}"), e))?;
     let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
         return Ok(None);
     };
     let column = |i: usize| -> Result<String> {
         let array = arrow::compute::cast(batch.column(i), &DataType::Utf8)
-            .map_err(|e| Error::Internal(format!("reading lake.runs: {e}")))?;
+            .map_err(|e| Error::arrow(format!("reading {id}"), e))?;
         let strings = array
             .as_any()
             .downcast_ref::<StringArray>()

@@ -325,7 +325,7 @@ async fn compute_rows(
 pub(crate) fn text_column(batch: &RecordBatch, i: usize) -> Result<StringArray> {
     let column = batch.column(i);
     let column = arrow::compute::cast(column, &DataType::Utf8)
-        .map_err(|e| Error::Internal(format!("raw column {i}: {e}")))?;
+        .map_err(|e| Error::arrow(format!("raw column {i}"), e))?;
     column
         .as_any()
         .downcast_ref::<StringArray>()
@@ -342,7 +342,7 @@ fn merge_source(
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(OP_COLUMN, DataType::Utf8, false));
     let source_schema = Arc::new(Schema::new(fields));
-    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("view merge source: {e}"));
+    let internal = |e| Error::arrow("view merge source", e);
     let mut source = Vec::with_capacity(batches.len() + 1);
     for batch in batches {
         let mut columns = batch.columns().to_vec();

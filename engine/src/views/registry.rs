@@ -168,7 +168,7 @@ pub async fn register_view(
             ),
         ],
     )
-    .map_err(|e| Error::Internal(format!("lake.views row: {e}")))?;
+    .map_err(|e| Error::arrow(format!("{id} row"), e))?;
     table
         .write(vec![row])
         .with_save_mode(SaveMode::Append)
