@@ -73,6 +73,29 @@ pub enum Error {
     /// Query side error.
     #[error(transparent)]
     Sql(Box<fhirlake_sql::Error>),
+    /// A query over the lake failed (e.g. the risk report's read of `raw.patient`).
+    #[error("{context}: {source}")]
+    Query {
+        /// What was being read.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Box<fhirlake_sql::Error>,
+    },
+    /// A lake table holds a row fhirlake cannot read (not written by fhirlake, or damaged).
+    #[error("{table}: {reason}")]
+    BadRow {
+        /// SQL name of the table.
+        table: String,
+        /// What is wrong with the row (never its values).
+        reason: &'static str,
+        /// The JSON error, when the row is not JSON.
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+    /// The risk report cannot be made as asked, or a row is not a Patient.
+    #[error(transparent)]
+    Risk(#[from] fhirlake_deid::risk::RiskError),
     /// DataFusion error while staging or merging.
     #[error("{context}: {source}")]
     DataFusion {
@@ -101,7 +124,10 @@ pub enum Error {
     },
     /// A view cannot be added, dropped or materialized as asked.
     #[error("{0}")]
-    View(String),
+    View(ViewRefusal),
+    /// A ViewDefinition is invalid or a resource could not be turned into rows.
+    #[error(transparent)]
+    ViewDefinition(Box<fhirlake_views::Error>),
     /// Unexpected internal state (a bug).
     #[error("internal error: {0}")]
     Internal(String),
@@ -139,6 +165,11 @@ impl Error {
         }
     }
 
+    /// An Arrow error (casting a column, assembling a batch) while `context`.
+    pub(crate) fn arrow(context: impl std::fmt::Display, source: arrow::error::ArrowError) -> Self {
+        Self::datafusion(context, source.into())
+    }
+
     pub(crate) fn datafusion(
         context: impl std::fmt::Display,
         source: datafusion::error::DataFusionError,
@@ -164,6 +195,38 @@ impl From<fhirlake_sql::Error> for Error {
 
 impl From<fhirlake_views::Error> for Error {
     fn from(e: fhirlake_views::Error) -> Self {
-        Self::Sql(Box::new(e.into()))
+        Self::ViewDefinition(Box::new(e))
     }
+}
+
+impl From<ViewRefusal> for Error {
+    fn from(refusal: ViewRefusal) -> Self {
+        Self::View(refusal)
+    }
+}
+
+/// Why a view cannot be added, dropped or materialized (the view's name, never its rows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ViewRefusal {
+    /// A custom view without a `name`.
+    #[error("the ViewDefinition needs a `name`: it becomes the table name")]
+    Unnamed,
+    /// A materialized view without a name.
+    #[error("a materialized view needs a name")]
+    UnnamedMaterialized,
+    /// A name that is not lower snake case.
+    #[error("view name `{0}`: use lower snake case (it becomes the SQL table name)")]
+    NotSnakeCase(String),
+    /// A custom view named like a built-in.
+    #[error("`{0}` is a built-in view; give the custom view another name")]
+    BuiltinName(String),
+    /// A custom view of that name exists.
+    #[error("a view named `{0}` exists already; `fhirlake view drop {0}` first")]
+    Exists(String),
+    /// Built-in views cannot be dropped.
+    #[error("`{0}` is a built-in view and is maintained by every ingest; it cannot be dropped")]
+    BuiltinDrop(String),
+    /// No custom view of that name.
+    #[error("no custom view named `{0}`")]
+    NoSuchView(String),
 }

@@ -4,6 +4,7 @@
 //!   log, the writer lock, and the query snapshot handed to `fhirlake-sql`.
 //! - [`ingest`]: sources -> parse -> de-identify -> staged Parquet -> one Delta MERGE per table.
 //! - [`views`]: SQL-on-FHIR views materialized in the lake and kept up to date at every ingest.
+//! - [`serve`]: the Flight SQL service over the lake and its query service (`fhirlake serve`).
 //! - [`sample`]: the embedded Synthea sample used by `fhirlake quickstart`.
 //! - [`cli`]: the command line; the `fhirlake` binary (src/main.rs) only calls [`cli::main`], and
 //!   so does the copy of it that the end-to-end tests build (tests/src/bin/).
@@ -16,6 +17,7 @@ pub mod error;
 pub mod ingest;
 pub mod lake;
 pub mod sample;
+pub mod serve;
 pub mod views;
 
 pub use error::{Error, Result};

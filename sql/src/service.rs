@@ -13,7 +13,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::DataFrame;
 
-use crate::session::LakeSession;
+use crate::session::{LakeSchemas, LakeSession};
 use crate::{Error, Result};
 
 /// What a user may do, from the server's user file.
@@ -29,15 +29,6 @@ pub enum Role {
 }
 
 impl Role {
-    /// Whether the role may read tables of SQL schema `schema`.
-    pub fn can_read_schema(self, schema: &str) -> bool {
-        match self {
-            Role::Steward => true,
-            Role::Researcher => schema == crate::session::DEFAULT_SCHEMA || schema == "raw",
-            Role::Analyst => schema == crate::session::DEFAULT_SCHEMA,
-        }
-    }
-
     /// The role's name as written in the user file.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -159,6 +150,9 @@ pub trait QueryService: Send + Sync + 'static {
 
     /// Every table `caller` may read, sorted by schema then name.
     async fn tables(&self, caller: &Caller) -> Result<Vec<TableInfo>>;
+
+    /// The lake's SQL schemas (which a role may read: [`LakeSchemas::readable`]).
+    fn schemas(&self) -> LakeSchemas;
 }
 
 /// What every server session allows: queries only (no DDL, DML, COPY or `SET`).
@@ -206,11 +200,17 @@ mod tests {
 
     #[test]
     fn roles_see_only_their_schemas() {
-        assert!(Role::Analyst.can_read_schema("public"));
-        assert!(!Role::Analyst.can_read_schema("raw"));
-        assert!(Role::Researcher.can_read_schema("raw"));
-        assert!(!Role::Researcher.can_read_schema("lake"));
-        assert!(Role::Steward.can_read_schema("lake"));
+        let schemas = LakeSchemas {
+            views: "public",
+            resources: "raw",
+            bookkeeping: "lake",
+        };
+        assert!(schemas.readable(Role::Analyst, "public"));
+        assert!(!schemas.readable(Role::Analyst, "raw"));
+        assert!(schemas.readable(Role::Researcher, "raw"));
+        assert!(!schemas.readable(Role::Researcher, "lake"));
+        assert!(schemas.readable(Role::Steward, "lake"));
+        assert_eq!(schemas.readable_by(Role::Researcher), ["public", "raw"]);
         assert_eq!("analyst".parse::<Role>(), Ok(Role::Analyst));
         assert!("admin".parse::<Role>().is_err());
     }

@@ -3,7 +3,8 @@
 //! Each Delta table version is resolved to its Parquet file list and registered as a plain
 //! [`ListingTable`] (not delta-rs' own table provider): the plan then contains nothing but Parquet
 //! scans, which any DataFusion executor (Ballista included) can run without custom codecs.
-//! Schemas: the default schema holds views, `raw` the de-identified resources, `lake` the run log.
+//! The schemas are the lake's, named by whoever lays the lake out (the engine) and handed in as
+//! [`LakeSchemas`]: this crate spells none of them.
 //! A session can be pinned to an earlier snapshot ([`pin_table`]) and given a per-query memory
 //! limit with spill to disk ([`limited_runtime`]).
 
@@ -26,18 +27,51 @@ use deltalake::{DeltaTable, DeltaTableError};
 use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
-use crate::service::AsOf;
+use crate::service::{AsOf, Role};
 use crate::{Error, Result};
 
 /// Name of the default catalog.
 pub const CATALOG: &str = "fhirlake";
-/// Default schema (SQL-on-FHIR views).
-pub const DEFAULT_SCHEMA: &str = "public";
+
+/// The SQL schemas of a lake, as its layout names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LakeSchemas {
+    /// The default schema: the SQL-on-FHIR views (every role reads it).
+    pub views: &'static str,
+    /// The de-identified resources, one table per type (stewards and researchers).
+    pub resources: &'static str,
+    /// The lake's own tables: run log, view registry, audit log (stewards).
+    pub bookkeeping: &'static str,
+}
+
+impl LakeSchemas {
+    /// Every schema, the default one first.
+    pub fn all(&self) -> [&'static str; 3] {
+        [self.views, self.resources, self.bookkeeping]
+    }
+
+    /// Whether `role` may read tables of schema `schema`.
+    pub fn readable(&self, role: Role, schema: &str) -> bool {
+        match role {
+            Role::Steward => true,
+            Role::Researcher => schema == self.views || schema == self.resources,
+            Role::Analyst => schema == self.views,
+        }
+    }
+
+    /// The schemas `role` may read, the default one first.
+    pub fn readable_by(&self, role: Role) -> Vec<&'static str> {
+        self.all()
+            .into_iter()
+            .filter(|schema| self.readable(role, schema))
+            .collect()
+    }
+}
 
 /// One Delta table of the lake, loaded at the version the session should see.
 #[derive(Debug)]
 pub struct LakeTable {
-    /// SQL schema: `raw`, `lake`, or [`DEFAULT_SCHEMA`] for views.
+    /// SQL schema (one of the lake's [`LakeSchemas`]).
     pub schema: String,
     /// SQL table name, e.g. `observation`.
     pub name: String,
@@ -77,43 +111,57 @@ impl std::fmt::Debug for LakeSession {
 }
 
 impl LakeSession {
-    /// Builds a session over `tables`. `stores` maps URL roots (e.g. `s3://bucket`) to the object
-    /// stores that serve them; local files need none.
+    /// Builds a session over just `tables` (each one's schema is created; the default schema
+    /// is DataFusion's): a query that names its tables in full. `stores` maps URL roots (e.g.
+    /// `s3://bucket`) to the object stores that serve them; local files need none.
     pub fn try_new(
         tables: Vec<LakeTable>,
         stores: Vec<(Url, Arc<dyn ObjectStore>)>,
     ) -> Result<Self> {
-        let scans = tables
-            .iter()
-            .map(|t| {
-                Ok(ScanTable {
-                    schema: t.schema.clone(),
-                    name: t.name.clone(),
-                    provider: parquet_scan(t)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         Self::from_scans(
-            scans,
-            &["raw", "lake"],
+            scans_of(&tables)?,
+            None,
+            &[],
             stores,
             Arc::new(RuntimeEnv::default()),
         )
     }
 
-    /// Builds a session over already resolved scans (cheap: no I/O), creating the SQL schemas
-    /// `schemas` (besides the default one) even when they hold no table, with `runtime`'s memory
-    /// pool and spill settings. A server builds one per query from a cached snapshot.
+    /// Builds a session over a lake's `tables`: `schemas.views` is the default schema, and every
+    /// schema of `schemas` exists even when it holds no table.
+    pub fn over_lake(
+        tables: Vec<LakeTable>,
+        schemas: &LakeSchemas,
+        stores: Vec<(Url, Arc<dyn ObjectStore>)>,
+    ) -> Result<Self> {
+        Self::from_scans(
+            scans_of(&tables)?,
+            Some(schemas.views),
+            &schemas.all(),
+            stores,
+            Arc::new(RuntimeEnv::default()),
+        )
+    }
+
+    /// Builds a session over already resolved scans (cheap: no I/O) with `default_schema` (`None`:
+    /// DataFusion's), creating the SQL schemas `schemas` even when they hold no table, with
+    /// `runtime`'s memory pool and spill settings. A server builds one per query from a cached
+    /// snapshot.
     pub fn from_scans(
         tables: Vec<ScanTable>,
+        default_schema: Option<&str>,
         schemas: &[&str],
         stores: Vec<(Url, Arc<dyn ObjectStore>)>,
         runtime: Arc<RuntimeEnv>,
     ) -> Result<Self> {
-        let config = SessionConfig::new()
-            .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
+        let mut config = SessionConfig::new()
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true);
+        let default_schema = default_schema.map_or_else(
+            || config.options().catalog.default_schema.clone(),
+            str::to_string,
+        );
+        config = config.with_default_catalog_and_schema(CATALOG, &default_schema);
         let mut ctx = SessionContext::new_with_config_rt(config, runtime);
         // DataFusion 55's leaf-expression extraction breaks joins whose keys apply a function to
         // `json_get_str(...)` ("Schema error: No field named ... __datafusion_extracted_1",
@@ -134,7 +182,9 @@ impl LakeSession {
             .catalog(CATALOG)
             .ok_or_else(|| Error::Output("default catalog missing".into()))?;
         for schema in schemas {
-            catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
+            if catalog.schema(schema).is_none() {
+                catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
+            }
         }
         for table in tables {
             if catalog.schema(&table.schema).is_none() {
@@ -155,6 +205,20 @@ impl LakeSession {
     pub async fn sql(&self, query: &str) -> Result<DataFrame> {
         Ok(self.ctx.sql(query).await?)
     }
+}
+
+/// Each table's current version as a Parquet scan.
+fn scans_of(tables: &[LakeTable]) -> Result<Vec<ScanTable>> {
+    tables
+        .iter()
+        .map(|t| {
+            Ok(ScanTable {
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+                provider: parquet_scan(t)?,
+            })
+        })
+        .collect()
 }
 
 /// A runtime whose memory pool holds at most `memory_limit` bytes (fair share between spilling

@@ -11,6 +11,7 @@ mod deid;
 mod flight;
 mod ingest;
 mod lake_privacy;
+mod library;
 mod planted;
 mod purge;
 mod s3;

@@ -15,7 +15,6 @@ use fhirlake_deid::{
     DeidKey, Deidentifier, Disposition, Passthrough, Policy, PolicyEngine, coverage, fhir_types,
     risk,
 };
-use futures::StreamExt as _;
 
 use super::EXIT_FAILED;
 use super::args::LakeArgs;
@@ -495,30 +494,7 @@ async fn risk_report(args: RiskArgs) -> anyhow::Result<ExitCode> {
         bail!("--k must be at least 1");
     }
     let lake = args.lake.open()?;
-    let session = lake.session().await?;
-    let names: Vec<&str> = attributes.iter().map(String::as_str).collect();
-    let mut records = Vec::new();
-    let mut stream = session
-        .sql("SELECT resource FROM raw.patient")
-        .await
-        .context("reading raw.patient (has anything been ingested?)")?
-        .execute_stream()
-        .await?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        let column = batch.column(0);
-        let strings = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
-        let strings = strings
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .context("raw.patient.resource is not text")?;
-        for text in strings.iter().flatten() {
-            let patient: serde_json::Value =
-                serde_json::from_str(text).context("raw.patient holds a row that is not JSON")?;
-            records.push(risk::quasi_identifiers_of(&patient, &names)?);
-        }
-    }
-    let report = risk::assess(&attributes, &records, args.k);
+    let report = fhirlake::lake::risk::risk_report(&lake, &attributes, args.k).await?;
     if args.format == "json" {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -11,11 +11,9 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use clap::Args;
 use fhirlake::ingest::patient_index::PatientsByIdentifier;
-use fhirlake::ingest::{FileFeed, Ingest, IngestReport, RunStatus};
-use fhirlake::lake::Lake;
+use fhirlake::ingest::{Ingest, IngestReport, RunStatus};
 use fhirlake::lake::runs::TypeCounts;
-use fhirlake_connectors::SourceFile;
-use fhirlake_connectors::bulk::{FileSink, ReadyFile};
+use fhirlake::lake::{Lake, layout};
 use fhirlake_deid::Deidentifier;
 
 use super::args::{GlobalArgs, LakeArgs};
@@ -173,7 +171,7 @@ pub async fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
             eprintln!("error: {e}");
             eprintln!(
                 "rejected lines are kept in {}",
-                args.ingest.landing.join("rejected").display()
+                args.ingest.landing.join(layout::LANDING_REJECTED).display()
             );
             Ok(ExitCode::from(EXIT_FAILED))
         }
@@ -276,11 +274,8 @@ pub fn print_summary(report: &IngestReport, lake: &str) -> anyhow::Result<()> {
 }
 
 /// Pulls the export `request` into `<landing>/bulk` and ingests each file as soon as it is
-/// downloaded, then records the export in `lake.runs` (for `fhirlake sync`). The run commits only
-/// once every file is downloaded and read: a failed or killed pull commits nothing, and the same
-/// command resumes the pull (files already downloaded are read again from the landing folder, not
-/// downloaded again). The pulled folder is removed after a successful ingest (it holds identified
-/// data); after a failure it stays.
+/// downloaded ([`fhirlake::ingest::bulk::pull_and_ingest`]), then prints the pull's and the run's
+/// summaries.
 pub async fn ingest_bulk(
     request: fhirlake_connectors::bulk::ExportRequest,
     export: &ExportArgs,
@@ -293,63 +288,18 @@ pub async fn ingest_bulk(
     // Validate everything before any I/O.
     let deid = options.deidentifier()?;
     let lake = lake_args.open()?;
-    let pull_dir = options.landing.join("bulk");
+    let pull_dir = options.landing.join(layout::LANDING_BULK);
     let auth = auth.connect(&request.base_url).await?;
-
-    // Finished files go from the pull to the ingest through a channel, with their manifest place.
-    let (file_tx, file_rx) = crossbeam_channel::unbounded::<(usize, SourceFile)>();
-    let (complete_tx, complete_rx) = tokio::sync::oneshot::channel();
-    let sink: FileSink = Arc::new(move |ready: ReadyFile| match ready.source() {
-        Some(file) => file_tx.send((ready.index, file)).is_ok(),
-        None => true,
-    });
-    let pull_options = export
-        .options(&pull_dir, auth, global.quiet, rerun_hint)?
-        .with_file_sink(Some(sink));
-    let mut remembered = request.clone();
-    remembered.since = None;
-    let remembered = serde_json::to_string(&remembered)?;
-    let pull = async move {
-        let result = fhirlake_connectors::bulk::pull(&request, &pull_options).await;
-        // Closes the file channel: the ingest reads what it has, then waits for `complete`.
-        drop(pull_options);
-        if let Ok(summary) = &result {
-            let _ = complete_tx.send(Some(fhirlake::lake::runs::ExportRecord {
-                base_url: request.base_url.clone(),
-                request: remembered,
-                transaction_time: summary.transaction_time.clone(),
-            }));
-        }
-        result
-    };
+    let pull_options = export.options(&pull_dir, auth, global.quiet, rerun_hint)?;
     let observer = Arc::new(CliObserver::new(global.quiet));
     let ingest = options
         .ingest(vec![pull_dir.display().to_string()], lake.clone(), deid)
-        .with_observer(observer.clone())
-        .with_feed(FileFeed {
-            files: file_rx,
-            complete: complete_rx,
-        });
-    let ingest = options.configure(ingest)?.run();
-    let (pulled, result) = {
-        let (mut pull, mut ingest) = (std::pin::pin!(pull), std::pin::pin!(ingest));
-        tokio::select! {
-            pulled = &mut pull => (pulled.map(Some), ingest.await),
-            // The ingest ends first only when it failed (it waits for the pull to complete): stop
-            // pulling; the landing folder stays resumable.
-            result = &mut ingest => match result {
-                Err(e) => (Ok(None), Err(e)),
-                Ok(report) => (pull.await.map(Some), Ok(report)),
-            },
-        }
-    };
+        .with_observer(observer.clone());
+    let ingest = options.configure(ingest)?;
+    let outcome = fhirlake::ingest::bulk::pull_and_ingest(request, pull_options, ingest).await;
     observer.finish();
-    let summary = match pulled {
-        Ok(summary) => summary,
-        // The pull's own error says what went wrong; the ingest only saw its files stop.
-        Err(e) => return Err(e.into()),
-    };
-    if let Some(summary) = &summary {
+    let outcome = outcome?;
+    if let Some(summary) = &outcome.pulled {
         if !global.quiet {
             print_pull_summary(summary)?;
         } else {
@@ -361,11 +311,11 @@ pub async fn ingest_bulk(
             }
         }
     }
-    match result {
+    match outcome.ingest {
         Ok(report) => {
             print_summary(&report, lake.url().as_str())?;
-            if let Err(e) = std::fs::remove_dir_all(&pull_dir) {
-                eprintln!("warning: could not remove {}: {e}", pull_dir.display());
+            if let Some(e) = outcome.cleanup {
+                eprintln!("warning: could not remove {e}");
             }
             Ok(exit_code(&report))
         }
@@ -373,7 +323,7 @@ pub async fn ingest_bulk(
             eprintln!("error: {e}");
             eprintln!(
                 "rejected lines are kept in {}; the export stays in {}",
-                options.landing.join("rejected").display(),
+                options.landing.join(layout::LANDING_REJECTED).display(),
                 pull_dir.display()
             );
             Ok(ExitCode::from(EXIT_FAILED))

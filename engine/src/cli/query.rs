@@ -91,10 +91,7 @@ fn check_output(format: OutputFormat) -> anyhow::Result<()> {
 pub async fn sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
     check_output(args.format.format)?;
     let lake = args.lake.open()?;
-    let session = match args.as_of {
-        None => lake.session().await?,
-        Some(as_of) => pinned_session(&lake, as_of).await?,
-    };
+    let session = lake.session_as_of(args.as_of).await?;
     let query = match args.query.as_deref() {
         Some("-") => {
             let mut text = String::new();
@@ -110,27 +107,6 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::BufWriter::new(std::io::stdout());
     fhirlake_sql::write_stream(stream, args.format.format, stdout).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// A session over the lake as of `as_of` (tables that did not exist then are left out).
-async fn pinned_session(
-    lake: &fhirlake::lake::Lake,
-    as_of: fhirlake_sql::AsOf,
-) -> anyhow::Result<fhirlake_sql::LakeSession> {
-    let mut tables = Vec::new();
-    for (id, mut table) in lake.load_all().await? {
-        if fhirlake_sql::session::pin_table(&mut table, as_of, &id.to_string()).await? {
-            tables.push(fhirlake_sql::LakeTable {
-                schema: id.group.sql_schema().to_string(),
-                name: id.name,
-                table,
-            });
-        }
-    }
-    Ok(fhirlake_sql::LakeSession::try_new(
-        tables,
-        vec![lake.store_registration()],
-    )?)
 }
 
 async fn print_batch(batch: RecordBatch, format: OutputFormat) -> anyhow::Result<()> {
@@ -199,7 +175,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         run_id.push(
             commit
                 .info
-                .get("fhirlake.runId")
+                .get(fhirlake::lake::layout::COMMIT_RUN_ID)
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
         );

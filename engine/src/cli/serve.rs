@@ -1,27 +1,20 @@
 //! `fhirlake serve`: the Arrow Flight SQL server over a lake.
 //!
 //! The flags are validated into a [`ServeConfig`] before any I/O (TLS or an explicit
-//! `--insecure-plaintext`; plaintext only on loopback unless `--allow-remote-plaintext`). The
-//! query side is [`LakeQueryService`]: per query, a fresh DataFusion session (own memory pool)
-//! over a cached lake snapshot, holding only the tables the caller's role may read.
+//! `--insecure-plaintext`; plaintext only on loopback unless `--allow-remote-plaintext`), then
+//! handed to the library's Flight service ([`fhirlake::serve`]), whose query side is
+//! [`fhirlake::serve::LakeQueryService`].
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use datafusion::prelude::DataFrame;
-use fhirlake::lake::Lake;
-use fhirlake_sql::flight::{self, AuditLog, ServerLimits, TlsFiles, UserFile};
-use fhirlake_sql::session::{
-    CATALOG, LakeTable, ScanTable, limited_runtime, parquet_scan, pin_table,
-};
-use fhirlake_sql::{AsOf, Caller, LakeSession, QueryService, Role, TableInfo};
+use fhirlake::serve::{FlightServer, ServeConfig};
+use fhirlake_sql::flight::{ServerLimits, TlsFiles, UserFile};
 
 use super::args::LakeArgs;
 
@@ -152,16 +145,6 @@ pub struct LimitArgs {
     pub snapshot_refresh: f64,
 }
 
-/// Validated server settings.
-#[derive(Debug)]
-struct ServeConfig {
-    listen: SocketAddr,
-    tls: Option<TlsFiles>,
-    limits: ServerLimits,
-    memory_limit: Option<usize>,
-    snapshot_refresh: Duration,
-}
-
 /// Parses `512MiB`, `2GB`, `1048576` into bytes.
 pub fn parse_bytes(text: &str) -> anyhow::Result<usize> {
     let t = text.trim();
@@ -232,6 +215,7 @@ impl ServeArgs {
             },
             memory_limit: (memory > 0).then_some(memory),
             snapshot_refresh: seconds(self.limits.snapshot_refresh, "snapshot-refresh")?,
+            audit_log: self.audit_log.clone(),
         })
     }
 }
@@ -256,148 +240,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if lake.table_ids().await?.is_empty() {
         bail!("{} has no tables; ingest data first", lake.url());
     }
-    let audit = AuditLog::open(&args.audit_log)?;
-    let query = Arc::new(LakeQueryService {
-        lake,
-        memory_limit: config.memory_limit,
-        audit_log: args.audit_log.clone(),
-        refresh: config.snapshot_refresh,
-        snapshots: Mutex::new(HashMap::new()),
-    });
-    let server = flight::server(query, users, audit, config.limits.clone())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let bound = listener.local_addr()?;
+    let server = FlightServer::bind(lake, users, config).await?;
     outln!(
         "fhirlake Flight SQL server listening on {}",
-        flight::describe_listen(bound, config.tls.is_some())
+        server.describe()?
     );
     std::io::stdout().flush()?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    flight::serve(server, listener, config.tls, shutdown).await?;
+    server.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// One resolved lake snapshot: every table as a Parquet scan.
-struct Snapshot {
-    loaded: Instant,
-    tables: Vec<ScanTable>,
-}
-
-/// The query side of the server over a lake.
-struct LakeQueryService {
-    lake: Lake,
-    memory_limit: Option<usize>,
-    audit_log: PathBuf,
-    refresh: Duration,
-    snapshots: Mutex<HashMap<Option<AsOf>, Arc<Snapshot>>>,
-}
-
-/// Pinned snapshots kept in memory (each pin a client set; the newest snapshot is always kept).
-const MAX_PINNED_SNAPSHOTS: usize = 16;
-
-impl LakeQueryService {
-    async fn snapshot(&self, as_of: Option<AsOf>) -> fhirlake_sql::Result<Arc<Snapshot>> {
-        {
-            let cache = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(snapshot) = cache.get(&as_of)
-                && (as_of.is_some() || snapshot.loaded.elapsed() < self.refresh)
-            {
-                return Ok(snapshot.clone());
-            }
-        }
-        let mut tables = Vec::new();
-        let loaded = self
-            .lake
-            .load_all()
-            .await
-            .map_err(|e| fhirlake_sql::Error::Server(format!("loading the lake: {e}")))?;
-        for (id, mut table) in loaded {
-            let schema = id.group.sql_schema().to_string();
-            let sql_name = id.to_string();
-            if let Some(as_of) = as_of
-                && !pin_table(&mut table, as_of, &sql_name).await?
-            {
-                continue;
-            }
-            let lake_table = LakeTable {
-                schema,
-                name: id.name,
-                table,
-            };
-            tables.push(ScanTable {
-                provider: parquet_scan(&lake_table)?,
-                schema: lake_table.schema,
-                name: lake_table.name,
-            });
-        }
-        let snapshot = Arc::new(Snapshot {
-            loaded: Instant::now(),
-            tables,
-        });
-        let mut cache = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() > MAX_PINNED_SNAPSHOTS {
-            cache.retain(|key, _| key.is_none());
-        }
-        cache.insert(as_of, snapshot.clone());
-        Ok(snapshot)
-    }
-
-    /// The tables `caller` may read (with `lake.audit` for stewards).
-    async fn visible(&self, caller: &Caller) -> fhirlake_sql::Result<Vec<ScanTable>> {
-        let snapshot = self.snapshot(caller.options.as_of).await?;
-        let mut tables: Vec<ScanTable> = snapshot
-            .tables
-            .iter()
-            .filter(|t| caller.role.can_read_schema(&t.schema))
-            .cloned()
-            .collect();
-        if caller.role == Role::Steward {
-            tables.push(ScanTable {
-                schema: "lake".into(),
-                name: "audit".into(),
-                provider: flight::audit::audit_table(&self.audit_log)?,
-            });
-        }
-        tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
-        Ok(tables)
-    }
-}
-
-#[async_trait::async_trait]
-impl QueryService for LakeQueryService {
-    async fn plan(&self, caller: &Caller, sql: &str) -> fhirlake_sql::Result<DataFrame> {
-        let tables = self.visible(caller).await?;
-        let schemas: Vec<&str> = ["raw", "lake"]
-            .into_iter()
-            .filter(|s| caller.role.can_read_schema(s))
-            .collect();
-        let session = LakeSession::from_scans(
-            tables,
-            &schemas,
-            vec![self.lake.store_registration()],
-            limited_runtime(self.memory_limit)?,
-        )?;
-        fhirlake_sql::service::plan_read_only(&session, caller, sql).await
-    }
-
-    async fn tables(&self, caller: &Caller) -> fhirlake_sql::Result<Vec<TableInfo>> {
-        Ok(self
-            .visible(caller)
-            .await?
-            .into_iter()
-            .map(|t| TableInfo {
-                catalog: CATALOG.to_string(),
-                arrow_schema: t.provider.schema(),
-                schema: t.schema,
-                name: t.name,
-                table_type: "TABLE",
-            })
-            .collect())
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use clap::Args;
 use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use fhirlake_sql::session::DEFAULT_SCHEMA;
+use fhirlake::lake::layout::SCHEMA_VIEWS as DEFAULT_SCHEMA;
 use fhirlake_sql::{LakeSession, OutputFormat};
 use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;

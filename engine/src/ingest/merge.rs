@@ -11,8 +11,8 @@ use datafusion::prelude::ParquetReadOptions;
 use deltalake::kernel::transaction::CommitProperties;
 
 use super::staging::StagedType;
+use crate::lake::layout::{self, RAW_SCHEMA};
 use crate::lake::runs::TypeCounts;
-use crate::lake::schema::RAW_SCHEMA;
 use crate::lake::{DeidStamp, Lake, TableId};
 use crate::{Error, Result};
 
@@ -76,7 +76,7 @@ pub async fn merge_type(
 
     let commit = CommitProperties::default().with_metadata([
         (
-            "fhirlake.runId".to_string(),
+            layout::COMMIT_RUN_ID.to_string(),
             serde_json::Value::from(run_id),
         ),
         (

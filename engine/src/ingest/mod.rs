@@ -15,6 +15,7 @@
 //!    files read are recorded by digest and counts, never by name or path (names can identify
 //!    patients), and every column is taken from de-identified data.
 
+pub mod bulk;
 pub mod merge;
 pub mod observer;
 pub mod patient_index;
@@ -272,7 +273,10 @@ impl Ingest {
                 .await?;
         }
 
-        let staging_dir = self.landing.join("staging").join(&run_id);
+        let staging_dir = self
+            .landing
+            .join(crate::lake::layout::LANDING_STAGING)
+            .join(&run_id);
         let staging = Staging::create(staging_dir.clone())?;
         let read_options = ReadOptions {
             max_line_bytes: self.max_line_bytes,

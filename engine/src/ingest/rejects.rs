@@ -46,7 +46,7 @@ struct RejectRecord<'a> {
 impl RejectWriter {
     /// A writer for `<landing>/rejected/<run_id>.ndjson`.
     pub fn new(landing: &Path, run_id: &str) -> Self {
-        let dir = landing.join("rejected");
+        let dir = landing.join(crate::lake::layout::LANDING_REJECTED);
         Self {
             path: dir.join(format!("{run_id}.ndjson")),
             spill_dir: dir.join(format!("{run_id}.spill")),

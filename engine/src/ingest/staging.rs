@@ -16,7 +16,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use super::validate::Row;
-use crate::lake::schema::timestamp_type;
+use crate::lake::layout::timestamp_type;
 use crate::{Error, Result};
 
 /// Operation of a staged row.

@@ -23,7 +23,7 @@ impl LakeLock {
             return Ok(Self { _file: None });
         };
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
-        let path = dir.join("_fhirlake.lock");
+        let path = dir.join(super::layout::LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

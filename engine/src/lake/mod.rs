@@ -1,14 +1,16 @@
 //! The lake: one URL (local directory, `file://` or `s3://`) holding one Delta table per table name.
 //!
-//! Layout (DESIGN.md "Lake layout"): `raw/<type>`, `views/<name>`, `lake/runs`. This module owns
+//! Layout ([`layout`]): `raw/<type>`, `views/<name>`, `lake/runs`, `lake/views`. This module owns
 //! opening and creating those tables, recording the de-identification key id and policy hash as
 //! table properties (and refusing to mix key ids), discovering the tables for a query snapshot,
 //! and the writer lock.
 
+pub mod layout;
 mod lock;
 pub mod purge;
+pub mod risk;
 pub mod runs;
-pub mod schema;
+mod snapshot;
 mod store;
 pub mod table_id;
 
@@ -21,61 +23,20 @@ use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use fhirlake_connectors::StoreOptions;
-use fhirlake_sql::{LakeSession, LakeTable};
+use fhirlake_sql::LakeSession;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
 use url::Url;
 
+pub use layout::{
+    PROP_DEIDENTIFIED, PROP_KEY_ID, PROP_POLICY_HASH, PROP_STATS_COLUMNS, PROP_STATS_NUM_COLUMNS,
+    STATS_SAFE_COLUMNS, statistics_properties,
+};
 pub use lock::LakeLock;
 pub use table_id::{TableGroup, TableId, snake_case};
 
 use crate::{Error, Result};
-
-/// Table property: de-identification key id of the data in the table.
-pub const PROP_KEY_ID: &str = "fhirlake.deid.keyId";
-/// Table property: hash of the de-identification policy.
-pub const PROP_POLICY_HASH: &str = "fhirlake.deid.policyHash";
-/// Table property: whether identifiers were removed (`false` only for `--unsafe-no-deid` lakes).
-pub const PROP_DEIDENTIFIED: &str = "fhirlake.deid.applied";
-
-/// Delta table property naming the columns that get min/max statistics in the log.
-pub const PROP_STATS_COLUMNS: &str = "delta.dataSkippingStatsColumns";
-/// Delta table property: how many leading columns get statistics (used when none is safe).
-pub const PROP_STATS_NUM_COLUMNS: &str = "delta.dataSkippingNumIndexedCols";
-
-/// Columns whose values may be copied into the Delta log as file statistics (min/max in each
-/// `add` action): keys (pseudonyms once de-identified), run ids and instants that are either
-/// de-identified (`last_updated`, read from the de-identified resource) or the run's own clock.
-/// Every other column (`resource` JSON text, view columns with values taken from resources, view
-/// definitions) gets no statistics, so the log holds no resource values: what the log holds is
-/// copied into every later checkpoint and outlives the data files a purge rewrites.
-pub const STATS_SAFE_COLUMNS: [&str; 7] = [
-    "id",
-    "patient_id",
-    "last_updated",
-    "run_id",
-    "_resource_id",
-    "started_at",
-    "finished_at",
-];
-
-/// The table properties that keep a table's Delta statistics to [`STATS_SAFE_COLUMNS`]: the
-/// safe ones among the table's top-level `columns`, or no statistics at all when it has none (a column count of 0:
-/// an empty column list is not a valid `dataSkippingStatsColumns`).
-pub fn statistics_properties<'a>(
-    columns: impl IntoIterator<Item = &'a str>,
-) -> Vec<(String, String)> {
-    let safe: Vec<&str> = columns
-        .into_iter()
-        .filter(|name| STATS_SAFE_COLUMNS.contains(name))
-        .collect();
-    if safe.is_empty() {
-        vec![(PROP_STATS_NUM_COLUMNS.to_string(), "0".to_string())]
-    } else {
-        vec![(PROP_STATS_COLUMNS.to_string(), safe.join(","))]
-    }
-}
 
 /// The de-identification facts stamped on every table a run creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,7 +208,7 @@ impl Lake {
     }
 
     async fn has_delta_log(&self, table_dir: &StorePath) -> Result<bool> {
-        let log = table_dir.clone().join("_delta_log");
+        let log = table_dir.clone().join(layout::DELTA_LOG);
         Ok(self
             .store
             .list(Some(&log))
@@ -322,20 +283,7 @@ impl Lake {
 
     /// A query session over the newest version of every table.
     pub async fn session(&self) -> Result<LakeSession> {
-        let tables = self
-            .load_all()
-            .await?
-            .into_iter()
-            .map(|(id, table)| LakeTable {
-                schema: id.group.sql_schema().to_string(),
-                name: id.name,
-                table,
-            })
-            .collect();
-        Ok(LakeSession::try_new(
-            tables,
-            vec![self.store_registration()],
-        )?)
+        self.session_as_of(None).await
     }
 
     /// Gives every table written before statistics were restricted the properties of

@@ -44,8 +44,8 @@ use fhirlake_sql::{LakeSession, LakeTable};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::Value;
 
+use super::layout::{self, timestamp_type};
 use super::runs::{RunRecord, TypeCounts, record_run};
-use super::schema::timestamp_type;
 use super::{DeidStamp, Lake, TableGroup, TableId, table_stamp};
 use crate::ingest::validate::stored_patient_compartment;
 use crate::views::ViewOutcome;
@@ -192,7 +192,10 @@ impl Purge {
         };
 
         let commit = CommitProperties::default().with_metadata([
-            ("fhirlake.runId".to_string(), Value::from(run_id.as_str())),
+            (
+                layout::COMMIT_RUN_ID.to_string(),
+                Value::from(run_id.as_str()),
+            ),
             (
                 "fhirlake.keyId".to_string(),
                 Value::from(stamp.key_id.as_str()),
@@ -569,7 +572,7 @@ fn changes_frame(changes: Vec<Change>, run_id: &str) -> Result<datafusion::prelu
         Arc::new(StringArray::from(ops)),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)
-        .map_err(|e| Error::Internal(format!("purge merge source: {e}")))?;
+        .map_err(|e| Error::arrow("purge merge source", e))?;
     let table = MemTable::try_new(schema, vec![vec![batch]])
         .map_err(|e| Error::datafusion("purge merge source", e))?;
     SessionContext::new()
@@ -654,7 +657,7 @@ fn log_file_version(name: &str) -> Option<u64> {
 }
 
 fn micros_column(batch: &RecordBatch, i: usize) -> Result<Int64Array> {
-    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("raw column {i}: {e}"));
+    let internal = |e| Error::arrow(format!("raw column {i}"), e);
     let micros = arrow::compute::cast(
         batch.column(i),
         &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),

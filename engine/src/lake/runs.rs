@@ -13,7 +13,7 @@ use arrow::datatypes::DataType;
 use chrono::{DateTime, Utc};
 use deltalake::protocol::SaveMode;
 
-use super::schema::{
+use super::layout::{
     RUNS_SCHEMA, rule_hit_fields, source_file_fields, table_version_fields, type_counts_fields,
 };
 use super::{DeidStamp, Lake, TableId};
@@ -310,11 +310,12 @@ pub async fn record_run(lake: &Lake, record: &RunRecord) -> Result<i64> {
 /// The export of the last successful run that ingested one, `None` when there is none (also for lakes
 /// written before `lake.runs` had the export columns).
 pub async fn last_export(lake: &Lake) -> Result<Option<ExportRecord>> {
-    if !lake.table_exists(&TableId::runs()).await? {
+    let id = TableId::runs();
+    if !lake.table_exists(&id).await? {
         return Ok(None);
     }
     let session = lake.session().await?;
-    let probe = session.sql("SELECT * FROM lake.runs LIMIT 0").await?;
+    let probe = session.sql(&format!("SELECT * FROM {id} LIMIT 0")).await?;
     let has_columns = ["bulk_base_url", "bulk_request", "transaction_time"]
         .iter()
         .all(|c| probe.schema().has_column_with_unqualified_name(c));
@@ -322,20 +323,20 @@ pub async fn last_export(lake: &Lake) -> Result<Option<ExportRecord>> {
         return Ok(None);
     }
     let batches = session
-        .sql(
-            "SELECT bulk_base_url, bulk_request, transaction_time FROM lake.runs \
+        .sql(&format!(
+            "SELECT bulk_base_url, bulk_request, transaction_time FROM {id} \
              WHERE transaction_time IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
-        )
+        ))
         .await?
         .collect()
         .await
-        .map_err(|e| Error::Internal(format!("reading lake.runs: {e}")))?;
+        .map_err(|e| Error::datafusion(format!("reading {id}"), e))?;
     let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
         return Ok(None);
     };
     let column = |i: usize| -> Result<String> {
         let array = arrow::compute::cast(batch.column(i), &DataType::Utf8)
-            .map_err(|e| Error::Internal(format!("reading lake.runs: {e}")))?;
+            .map_err(|e| Error::arrow(format!("reading {id}"), e))?;
         let strings = array
             .as_any()
             .downcast_ref::<StringArray>()

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::layout;
+
 /// The three groups of tables in a lake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TableGroup {
@@ -20,18 +22,18 @@ impl TableGroup {
     /// Folder under the lake root.
     pub fn folder(self) -> &'static str {
         match self {
-            TableGroup::Views => "views",
-            TableGroup::Raw => "raw",
-            TableGroup::Lake => "lake",
+            TableGroup::Views => layout::FOLDER_VIEWS,
+            TableGroup::Raw => layout::FOLDER_RAW,
+            TableGroup::Lake => layout::FOLDER_LAKE,
         }
     }
 
     /// SQL schema name.
     pub fn sql_schema(self) -> &'static str {
         match self {
-            TableGroup::Views => fhirlake_sql::session::DEFAULT_SCHEMA,
-            TableGroup::Raw => "raw",
-            TableGroup::Lake => "lake",
+            TableGroup::Views => layout::SCHEMA_VIEWS,
+            TableGroup::Raw => layout::SCHEMA_RAW,
+            TableGroup::Lake => layout::SCHEMA_LAKE,
         }
     }
 }
@@ -66,7 +68,7 @@ impl TableId {
     pub fn runs() -> Self {
         Self {
             group: TableGroup::Lake,
-            name: "runs".to_string(),
+            name: layout::TABLE_RUNS.to_string(),
         }
     }
 
@@ -78,11 +80,9 @@ impl TableId {
     /// Parses a SQL-style name: `raw.observation`, `lake.runs`, `patient` (a view).
     pub fn parse(name: &str) -> Option<Self> {
         let (group, table) = match name.split_once('.') {
-            Some(("raw", t)) => (TableGroup::Raw, t),
-            Some(("lake", t)) => (TableGroup::Lake, t),
-            Some((s, t)) if s == fhirlake_sql::session::DEFAULT_SCHEMA || s == "views" => {
-                (TableGroup::Views, t)
-            }
+            Some((layout::SCHEMA_RAW, t)) => (TableGroup::Raw, t),
+            Some((layout::SCHEMA_LAKE, t)) => (TableGroup::Lake, t),
+            Some((layout::SCHEMA_VIEWS | layout::FOLDER_VIEWS, t)) => (TableGroup::Views, t),
             Some(_) => return None,
             None => (TableGroup::Views, name),
         };

@@ -29,7 +29,7 @@ use fhirlake_views::run::RESOURCE_ID_COLUMN;
 use fhirlake_views::{CompiledView, JsonParser, ViewBatchBuilder};
 use futures::{StreamExt, TryStreamExt};
 
-use crate::lake::{DeidStamp, Lake, TableId};
+use crate::lake::{DeidStamp, Lake, TableId, layout};
 use crate::{Error, Result};
 
 /// The result of refreshing one view.
@@ -61,7 +61,7 @@ pub async fn refresh_view(
     let name = view
         .name
         .clone()
-        .ok_or_else(|| Error::View("a materialized view needs a name".into()))?;
+        .ok_or(crate::error::ViewRefusal::UnnamedMaterialized)?;
     let id = TableId::view(&name);
     let raw_id = TableId::raw(&view.resource);
     let builder = ViewBatchBuilder::new(view.clone()).with_resource_id_column();
@@ -76,11 +76,11 @@ pub async fn refresh_view(
     let commit = |mode: &str| {
         CommitProperties::default().with_metadata([
             (
-                "fhirlake.runId".to_string(),
+                layout::COMMIT_RUN_ID.to_string(),
                 serde_json::Value::from(run_id),
             ),
             (
-                "fhirlake.viewRefresh".to_string(),
+                layout::COMMIT_VIEW_REFRESH.to_string(),
                 serde_json::Value::from(mode),
             ),
         ])
@@ -88,7 +88,7 @@ pub async fn refresh_view(
     if rebuild {
         let (batches, touched, failed) = match raw {
             Some(raw) => {
-                let session = session(lake, vec![("raw", raw_id.name.clone(), raw)])?;
+                let session = session(lake, vec![(layout::SCHEMA_RAW, raw_id.name.clone(), raw)])?;
                 let query = format!("SELECT id, resource FROM {raw_id}");
                 compute_rows(&session, &query, builder, view).await?
             }
@@ -149,23 +149,25 @@ pub async fn refresh_view(
         return Ok(ViewOutcome::default());
     };
     let mut tables = vec![
-        ("raw", raw_id.name.clone(), raw),
-        ("public", name.clone(), table.clone()),
+        (layout::SCHEMA_RAW, raw_id.name.clone(), raw),
+        (layout::SCHEMA_VIEWS, name.clone(), table.clone()),
     ];
-    let runs = lake.load_table(&TableId::runs()).await?;
+    let runs_id = TableId::runs();
+    let runs = lake.load_table(&runs_id).await?;
     let recorded_filter = if let Some(runs) = runs {
-        tables.push(("lake", "runs".into(), runs));
-        " WHERE run_id NOT IN (SELECT run_id FROM lake.runs)"
+        tables.push((layout::SCHEMA_LAKE, runs_id.name.clone(), runs));
+        format!(" WHERE run_id NOT IN (SELECT run_id FROM {runs_id})")
     } else {
-        ""
+        String::new()
     };
     let session = session(lake, tables)?;
     let query = format!("SELECT id, resource FROM {raw_id}{recorded_filter}");
     let (batches, mut affected, failed) = compute_rows(&session, &query, builder, view).await?;
     // View rows whose resource was deleted from the raw table.
     let orphans = format!(
-        "SELECT DISTINCT {RESOURCE_ID_COLUMN} FROM public.{name} \
-         EXCEPT SELECT id FROM {raw_id}"
+        "SELECT DISTINCT {RESOURCE_ID_COLUMN} FROM {views}.{name} \
+         EXCEPT SELECT id FROM {raw_id}",
+        views = layout::SCHEMA_VIEWS,
     );
     let context = format!("finding deleted resources of view {name}");
     let orphan_batches: Vec<RecordBatch> = session
@@ -230,7 +232,7 @@ pub async fn refresh_view(
 }
 
 fn session(lake: &Lake, tables: Vec<(&str, String, DeltaTable)>) -> Result<LakeSession> {
-    Ok(LakeSession::try_new(
+    Ok(LakeSession::over_lake(
         tables
             .into_iter()
             .map(|(schema, name, table)| LakeTable {
@@ -239,6 +241,7 @@ fn session(lake: &Lake, tables: Vec<(&str, String, DeltaTable)>) -> Result<LakeS
                 table,
             })
             .collect(),
+        &layout::LAKE_SCHEMAS,
         vec![lake.store_registration()],
     )?)
 }
@@ -322,7 +325,7 @@ async fn compute_rows(
 pub(crate) fn text_column(batch: &RecordBatch, i: usize) -> Result<StringArray> {
     let column = batch.column(i);
     let column = arrow::compute::cast(column, &DataType::Utf8)
-        .map_err(|e| Error::Internal(format!("raw column {i}: {e}")))?;
+        .map_err(|e| Error::arrow(format!("raw column {i}"), e))?;
     column
         .as_any()
         .downcast_ref::<StringArray>()
@@ -339,7 +342,7 @@ fn merge_source(
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(OP_COLUMN, DataType::Utf8, false));
     let source_schema = Arc::new(Schema::new(fields));
-    let internal = |e: arrow::error::ArrowError| Error::Internal(format!("view merge source: {e}"));
+    let internal = |e| Error::arrow("view merge source", e);
     let mut source = Vec::with_capacity(batches.len() + 1);
     for batch in batches {
         let mut columns = batch.columns().to_vec();

@@ -1,10 +1,9 @@
 //! The views of a lake: every built-in view, plus custom ViewDefinitions registered in the
 //! `lake.views` table (name, resource type, definition JSON, hash, when added).
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::Utc;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
@@ -13,7 +12,8 @@ use fhirlake_views::CompiledView;
 use fhirlake_views::builtin::{BUILTIN_VIEWS, builtin_views};
 use futures::TryStreamExt;
 
-use crate::lake::schema::timestamp_type;
+use crate::error::ViewRefusal;
+use crate::lake::layout::{self, VIEWS_SCHEMA};
 use crate::lake::{DeidStamp, Lake, TableGroup, TableId};
 use crate::{Error, Result};
 
@@ -56,20 +56,9 @@ impl RegisteredView {
 pub fn views_table() -> TableId {
     TableId {
         group: TableGroup::Lake,
-        name: "views".to_string(),
+        name: layout::TABLE_VIEWS.to_string(),
     }
 }
-
-/// Schema of `lake.views`.
-pub static VIEWS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new("name", DataType::Utf8, false),
-        Field::new("resource", DataType::Utf8, false),
-        Field::new("definition", DataType::Utf8, false),
-        Field::new("definition_hash", DataType::Utf8, false),
-        Field::new("added_at", timestamp_type(), false),
-    ]))
-});
 
 /// Every view of the lake: the built-ins, then the custom ones by name.
 pub async fn lake_views(lake: &Lake) -> Result<Vec<RegisteredView>> {
@@ -98,14 +87,14 @@ pub async fn custom_definitions(lake: &Lake) -> Result<Vec<(String, String)>> {
     };
     let session = LakeSession::try_new(
         vec![LakeTable {
-            schema: "lake".into(),
-            name: "views".into(),
+            schema: layout::SCHEMA_LAKE.into(),
+            name: layout::TABLE_VIEWS.into(),
             table,
         }],
         vec![lake.store_registration()],
     )?;
     let batches = session
-        .sql("SELECT name, definition FROM lake.views ORDER BY name")
+        .sql(&format!("SELECT name, definition FROM {id} ORDER BY name"))
         .await?
         .execute_stream()
         .await
@@ -140,28 +129,20 @@ pub async fn register_view(
 ) -> Result<Arc<CompiledView>> {
     let view = CompiledView::from_json_text(definition)?;
     let Some(name) = view.name.clone() else {
-        return Err(Error::View(
-            "the ViewDefinition needs a `name`: it becomes the table name".into(),
-        ));
+        return Err(ViewRefusal::Unnamed.into());
     };
     if name.starts_with('_') || name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(Error::View(format!(
-            "view name `{name}`: use lower snake case (it becomes the SQL table name)"
-        )));
+        return Err(ViewRefusal::NotSnakeCase(name).into());
     }
     if BUILTIN_VIEWS.iter().any(|(n, _)| *n == name) {
-        return Err(Error::View(format!(
-            "`{name}` is a built-in view; give the custom view another name"
-        )));
+        return Err(ViewRefusal::BuiltinName(name).into());
     }
     if custom_definitions(lake)
         .await?
         .iter()
         .any(|(n, _)| *n == name)
     {
-        return Err(Error::View(format!(
-            "a view named `{name}` exists already; `fhirlake view drop {name}` first"
-        )));
+        return Err(ViewRefusal::Exists(name).into());
     }
     let id = views_table();
     let table = lake
@@ -187,7 +168,7 @@ pub async fn register_view(
             ),
         ],
     )
-    .map_err(|e| Error::Internal(format!("lake.views row: {e}")))?;
+    .map_err(|e| Error::arrow(format!("{id} row"), e))?;
     table
         .write(vec![row])
         .with_save_mode(SaveMode::Append)
@@ -210,16 +191,14 @@ pub async fn lake_stamp(lake: &Lake) -> Result<Option<DeidStamp>> {
 /// Removes a custom view: its row in `lake.views` and its table. Built-ins cannot be dropped.
 pub async fn drop_view(lake: &Lake, name: &str) -> Result<()> {
     if BUILTIN_VIEWS.iter().any(|(n, _)| *n == name) {
-        return Err(Error::View(format!(
-            "`{name}` is a built-in view and is maintained by every ingest; it cannot be dropped"
-        )));
+        return Err(ViewRefusal::BuiltinDrop(name.to_string()).into());
     }
     if !custom_definitions(lake)
         .await?
         .iter()
         .any(|(n, _)| n == name)
     {
-        return Err(Error::View(format!("no custom view named `{name}`")));
+        return Err(ViewRefusal::NoSuchView(name.to_string()).into());
     }
     let id = views_table();
     if let Some(table) = lake.load_table(&id).await? {

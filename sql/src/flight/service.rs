@@ -358,11 +358,8 @@ impl FlightSqlServer {
             .map_err(|e| error_status(&e, &self.inner.limits))
     }
 
-    fn schemas_of(role: Role) -> Vec<&'static str> {
-        [crate::session::DEFAULT_SCHEMA, "raw", "lake"]
-            .into_iter()
-            .filter(|s| role.can_read_schema(s))
-            .collect()
+    fn schemas_of(&self, role: Role) -> Vec<&'static str> {
+        self.inner.query.schemas().readable_by(role)
     }
 
     async fn login(
@@ -808,7 +805,7 @@ impl FlightSqlService for FlightSqlServer {
         let authed = self.authenticate(&request)?;
         let start = Instant::now();
         let mut builder: GetDbSchemasBuilder = query.into_builder();
-        for schema in Self::schemas_of(authed.caller.role) {
+        for schema in self.schemas_of(authed.caller.role) {
             builder.append(CATALOG, schema);
         }
         self.metadata_batch(&authed, "GetDbSchemas", start, builder.build())
