@@ -9,7 +9,6 @@
 
 pub mod bulk;
 pub mod error;
-pub mod fhir;
 pub mod location;
 pub mod plan;
 pub mod read;

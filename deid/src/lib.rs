@@ -18,10 +18,6 @@ use serde_json::Value;
 pub mod compartment;
 pub mod coverage;
 pub mod engine;
-/// The type table moved to `fhirlake_fhir::types` (issue 14); this alias keeps the CLI building
-/// until its callers import it from there.
-#[doc(hidden)]
-pub use fhirlake_fhir::types as fhir_types;
 pub mod key;
 pub mod methods;
 pub mod path;

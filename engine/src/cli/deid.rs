@@ -12,8 +12,7 @@ use clap::{Args, Subcommand};
 use fhirlake_connectors::{SourceItem, StoreOptions, plan_sources, read_source_file};
 use fhirlake_deid::policy::{BUILTIN, DEFAULT_PROFILE, builtin_text};
 use fhirlake_deid::{
-    DeidKey, Deidentifier, Disposition, Passthrough, Policy, PolicyEngine, coverage, fhir_types,
-    risk,
+    DeidKey, Deidentifier, Disposition, Passthrough, Policy, PolicyEngine, coverage, risk,
 };
 
 use super::EXIT_FAILED;
@@ -245,7 +244,7 @@ fn policy_coverage(args: &ShowArgs) -> anyhow::Result<ExitCode> {
         .map(|t| t.trim())
         .filter(|t| !t.is_empty())
     {
-        if !fhir_types::is_resource_type(ty) {
+        if !fhirlake_fhir::types::is_resource_type(ty) {
             bail!(
                 "--type {ty}: not an R4 resource type (types are case-sensitive: Patient, Observation, ...)"
             );

@@ -31,7 +31,7 @@ use fhirlake_fhir::types::is_resource_type;
 use futures::StreamExt as _;
 use serde_json::Value;
 
-use crate::lake::{Lake, TableId};
+use crate::lake::{Lake, TableId, layout};
 use crate::{Error, Result};
 
 /// How index keys are made.
@@ -165,7 +165,7 @@ impl PatientsByIdentifier {
         };
         let session = fhirlake_sql::LakeSession::try_new(
             vec![fhirlake_sql::LakeTable {
-                schema: "raw".to_string(),
+                schema: layout::SCHEMA_RAW.to_string(),
                 name: id.name.clone(),
                 table,
             }],

@@ -313,7 +313,7 @@ impl Purge {
         }
         let mut seen = BTreeSet::new();
         for resource_type in &self.types {
-            if !fhirlake_connectors::fhir::is_resource_type(resource_type) {
+            if !fhirlake_fhir::types::is_resource_type(resource_type) {
                 return Err(self.lake_error(format!(
                     "--type {resource_type} is not a FHIR R4 resource type"
                 )));
