@@ -322,12 +322,12 @@ impl Walk<'_> {
                     Ok(r) if eval::truthy(&r) => {
                         match eval::eval(expr, std::slice::from_ref(&this), &this) {
                             Ok(items) => result = Some(items.first().map(Item::to_json)),
-                            Err(e) => return self.eval_failed(ctx, &e.to_string()),
+                            Err(e) => return self.eval_failed(ctx, e),
                         }
                         break;
                     }
                     Ok(_) => {}
-                    Err(e) => return self.eval_failed(ctx, &e.to_string()),
+                    Err(e) => return self.eval_failed(ctx, e),
                 }
             }
         }

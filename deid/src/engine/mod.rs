@@ -31,6 +31,7 @@ use chrono::NaiveDate;
 use fhirlake_fhir::types as fhir_types;
 use serde_json::Value;
 
+pub use crate::DeidStats;
 use crate::compartment::{self, PatientIndex, PatientRef};
 use crate::key::DeidKey;
 use crate::methods::{dates, pseudonym, scrub::Scrubber};
@@ -48,26 +49,6 @@ struct Counters {
     malformed: AtomicU64,
     dropped_resources: AtomicU64,
     resources: AtomicU64,
-}
-
-/// Counts of what de-identification did, for `lake.runs` and the summary (never values).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DeidStats {
-    /// Resources processed.
-    pub resources: u64,
-    /// Values changed or checked per method (`(name, count)` in [`METHOD_NAMES`] order).
-    pub rule_hits: Vec<(String, u64)>,
-    /// Free-text values handled by the default (removed or scrubbed) because no rule named them.
-    pub free_text_default: u64,
-    /// Non-FHIR JSON keys removed.
-    pub unknown_elements: u64,
-    /// Extensions dropped by the allow-list.
-    pub dropped_extensions: u64,
-    /// Resources dropped (unknown `modifierExtension`).
-    pub dropped_resources: u64,
-    /// Values removed because their JSON shape is not their FHIR type's (an object or a number
-    /// where a date belongs, an array in an array): fail closed, they are not read as text.
-    pub malformed: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]

@@ -10,11 +10,12 @@ use super::{
     ExplainEntry, LocalCounts, Outcome, PolicyEngine, Shape, SiblingKind, apply, ms_compat,
 };
 use crate::methods::{self, dates, memo::Memo};
+use crate::path::eval::EvalError;
 use crate::path::{MatchState, Node};
 use crate::policy::{Fallback, Method, Rule, ms::ProcessingErrors};
 use crate::risk::AGE_BAND_EXTENSION_URL;
 use crate::vocabulary::{TextDecision, Vocabulary};
-use crate::{Disposition, Error, Result};
+use crate::{Disposition, Error, Result, RuleError};
 
 /// Context of the resource being walked.
 #[derive(Debug, Clone)]
@@ -182,7 +183,7 @@ impl<'e> Walk<'e> {
             .to_string();
         if !fhir_types::is_resource_type(&rt) {
             // The value is not named: a `resourceType` that is no type may hold anything.
-            self.fail("Resource", "", "unknown resource type");
+            self.fail("Resource", RuleError::UnknownResourceType);
             return Outcome::Keep;
         }
         let id = res
@@ -307,16 +308,15 @@ impl<'e> Walk<'e> {
         first
     }
 
-    pub(super) fn fail(&mut self, resource_type: &str, path: &str, reason: &str) {
+    /// Records the first error of the resource (at the current path): the walk goes on, and
+    /// [`Walk::run`] returns it (or skips the resource, as the anonymizer's
+    /// `processingErrors` says).
+    pub(super) fn fail(&mut self, resource_type: &str, reason: RuleError) {
         if self.error.is_none() {
             self.error = Some(Error::Rule {
                 resource_type: resource_type.to_string(),
-                path: if path.is_empty() {
-                    self.path.join(".")
-                } else {
-                    path.to_string()
-                },
-                reason: reason.to_string(),
+                path: self.path.join("."),
+                reason,
             });
         }
     }
@@ -622,7 +622,7 @@ impl<'e> Walk<'e> {
         }
         if !slot.known && !parent.ty.is_empty() && governed.gov.is_none() {
             if ms {
-                self.fail(&ctx.resource_type, "", "unknown element for FHIR R4");
+                self.fail(&ctx.resource_type, RuleError::UnknownElement);
                 return (Outcome::Keep, touched);
             }
             if self.engine.policy.defaults.unknown_elements == Fallback::Redact {
@@ -763,11 +763,7 @@ impl<'e> Walk<'e> {
             )
         {
             // The anonymizer generalizes primitive values only.
-            self.fail(
-                &ctx.resource_type,
-                "",
-                "generalize applies to primitive values only",
-            );
+            self.fail(&ctx.resource_type, RuleError::GeneralizeNotPrimitive);
             return (Outcome::Keep, touched);
         }
         let substitute = match governed.first.map(|i| (i, &rules[i].method)) {
@@ -863,11 +859,13 @@ impl<'e> Walk<'e> {
         });
     }
 
-    pub(super) fn eval_failed(&mut self, ctx: &ResourceCtx, reason: &str) -> Outcome {
+    /// A `generalize` case that could not be evaluated: an error, unless the anonymizer's
+    /// `processingErrors` says to keep the value.
+    pub(super) fn eval_failed(&mut self, ctx: &ResourceCtx, error: EvalError) -> Outcome {
         match self.engine.policy.ms.as_ref().map(|m| m.processing_errors) {
             Some(ProcessingErrors::Keep) => Outcome::Keep,
             _ => {
-                self.fail(&ctx.resource_type, "", reason);
+                self.fail(&ctx.resource_type, RuleError::Eval(error));
                 Outcome::Keep
             }
         }
