@@ -419,6 +419,7 @@ impl<'e> Walk<'e> {
 
     /// Walks the value under `key` of an object. `None` for the `resourceType` of a resource
     /// (not walked); else its outcome and whether an earlier rule acted inside.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn child(
         &mut self,
@@ -652,6 +653,7 @@ impl<'e> Walk<'e> {
     /// Steps the rule states the parent carried and enters the rules this node's type triggers,
     /// in rule order, up to `governing`. A container keeps the live states in `states` (for its
     /// children); a leaf stops at its first match.
+    #[inline(always)]
     fn match_rules(
         &self,
         value: &Value,
