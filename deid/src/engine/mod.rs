@@ -12,11 +12,11 @@
 //! type, the JSON shape and sibling kind of every type of the table) and its counters. The phases
 //! live beside it:
 //!
-//! * [`walk`]: the one walk per resource, carrying rule states from parent to child and deciding
+//! * `walk.rs`: the one walk per resource, carrying rule states from parent to child and deciding
 //!   the governing rule of every node;
-//! * [`apply`]: the methods applied to the primitive values the walk reaches;
-//! * [`substitute`]: `substitute` on a whole node, merged with what earlier rules kept inside it;
-//! * [`ms_compat`]: what exists only to reproduce the Microsoft FHIR anonymizer's output
+//! * `apply.rs`: the methods applied to the primitive values the walk reaches;
+//! * `substitute.rs`: `substitute` on a whole node, merged with what earlier rules kept inside it;
+//! * `ms_compat.rs`: what exists only to reproduce the Microsoft FHIR anonymizer's output
 //!   (`meta.security` labels, its date-shift prefixes, its redaction of partial values).
 
 mod apply;
