@@ -10,48 +10,13 @@ use std::path::Path;
 
 use base64::Engine as _;
 
+pub use crate::error::KeyError;
+
 /// Environment variable holding the key (hex or base64).
 pub const KEY_ENV: &str = "FHIRLAKE_DEID_KEY";
 
 /// Smallest accepted key, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
-
-/// Errors loading or parsing a key. Never carries key material.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    /// The text is neither hex nor base64.
-    #[error("{source_name}: the key is neither hex nor base64")]
-    Encoding {
-        /// Where the key came from (variable name or file path).
-        source_name: String,
-    },
-    /// Fewer than [`MIN_KEY_BYTES`] bytes.
-    #[error("{source_name}: the key has {bytes} bytes; at least {MIN_KEY_BYTES} are required")]
-    TooShort {
-        /// Where the key came from.
-        source_name: String,
-        /// Decoded length.
-        bytes: usize,
-    },
-    /// The key file may be read by group or others.
-    #[error(
-        "{path}: key file is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
-    )]
-    Permissions {
-        /// Key file.
-        path: String,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// The key file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// Key file.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
 
 /// The secret key of a lake, with the sub-keys each method uses.
 #[derive(Clone)]

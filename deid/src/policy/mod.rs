@@ -8,12 +8,11 @@
 pub mod ms;
 mod native;
 
-use std::fmt;
-
 use serde_json::Value;
 
 use crate::path::{Expr, Selector};
 
+pub use crate::error::PolicyError;
 pub use ms::MsOptions;
 
 /// The built-in profiles: `(name, TOML text)`.
@@ -33,33 +32,6 @@ pub const RESTRICTED_ZIP3: &[&str] = &[
     "036", "059", "063", "102", "203", "205", "369", "556", "692", "790", "821", "823", "830",
     "831", "878", "879", "884", "890", "893",
 ];
-
-/// A policy problem, located in the policy text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct PolicyError {
-    /// File name or profile name.
-    pub source_name: String,
-    /// 1-based line (0 when unknown).
-    pub line: usize,
-    /// 1-based column (0 when unknown).
-    pub column: usize,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.source_name, self.line, self.column, self.message
-            )
-        } else {
-            write!(f, "{}: {}", self.source_name, self.message)
-        }
-    }
-}
 
 /// What happens to nodes no rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
