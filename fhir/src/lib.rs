@@ -8,5 +8,8 @@
 //!
 //! * [`types`]: the R4 type table (resource types, datatypes, backbone elements, choice keys),
 //!   generated from `hl7.fhir.r4.core` 4.0.1 by `scripts/gen-fhir-types.py`.
+//! * [`datetime`]: FHIR `date`, `dateTime`, `instant` and `time` (partial dates, the offset as
+//!   written, low / high boundaries, chrono conversion, formatting back to the same precision).
 
+pub mod datetime;
 pub mod types;
