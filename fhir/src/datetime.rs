@@ -254,6 +254,13 @@ impl Date {
         NaiveDate::from_ymd_opt(last.year, last.month?.into(), last.day?.into())
     }
 
+    /// Days from 1970-01-01 to the first day the date can mean (Arrow's `Date32`); `None` when it
+    /// is not a calendar date.
+    pub fn epoch_days(&self) -> Option<i32> {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1)?;
+        i32::try_from(self.first_day()?.signed_duration_since(epoch).num_days()).ok()
+    }
+
     /// `date` written to `precision` (Year, Month or Day; finer precisions give Day).
     pub fn from_naive(date: NaiveDate, precision: Precision) -> Date {
         Date {

@@ -347,6 +347,11 @@ fn chrono_conversions() {
     );
     assert_eq!(date(2023, Some(2), Some(29)).first_day(), None);
     assert_eq!(date(2023, Some(2), Some(29)).last_day(), None);
+    assert_eq!(Date::parse("1970-01-02").unwrap().epoch_days(), Some(1));
+    assert_eq!(Date::parse("1969").unwrap().epoch_days(), Some(-365));
+    // Hinnant's civil-days figure for 0000-03-01.
+    assert_eq!(date(0, Some(3), Some(1)).epoch_days(), Some(-719_468));
+    assert_eq!(date(2001, Some(2), Some(29)).epoch_days(), None);
 
     let value = DateTime::parse("2015-02-07T13:28:17.239+02:00").unwrap();
     let low = value.instant(Boundary::Low).unwrap();
