@@ -77,7 +77,13 @@ pub fn to_year(text: &str) -> Option<String> {
 
 /// `YYYY-MM` of a date (or `YYYY` if that is all it has).
 pub fn to_month(text: &str) -> Option<String> {
-    read(text).map(|v| Date { day: None, ..v.date }.to_string())
+    read(text).map(|v| {
+        Date {
+            day: None,
+            ..v.date
+        }
+        .to_string()
+    })
 }
 
 /// Whole years from a birth date to `today` (a year-only date counts from its first day, so the

@@ -5,9 +5,15 @@
 
 use fhirlake_fhir::datetime::{Boundary, DateTime, Offset, Precision, Time};
 
-/// A FHIR date or dateTime as FHIRPath reads it ([`DateTime::parse_fhirpath`]).
+/// A FHIR date or dateTime as FHIRPath reads it ([`DateTime::parse_fhirpath`]), or as the
+/// views' older reader also accepted it (see [`legacy_zone`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DateTimeParts<'a>(pub DateTime<'a>);
+pub struct DateTimeParts<'a> {
+    /// The value.
+    pub value: DateTime<'a>,
+    /// The zone as written when only the older reading accepts it (`Z05:00`, `+05:30:00`).
+    pub legacy_zone: Option<&'a str>,
+}
 
 /// The parts of a time of day.
 pub type TimeParts<'a> = Time<'a>;
@@ -17,19 +23,42 @@ pub fn parse_time(s: &str) -> Option<TimeParts<'_>> {
     Time::parse_fhirpath(s)
 }
 
+/// The views' reader before `fhirlake_fhir::datetime` took any `Z`, `+` or `-` after the `T`
+/// followed by `hh:mm` (and optionally seconds) as the zone, `-` west and otherwise east: `Z05:00`
+/// was +05:00 and `+05:30:00` was +05:30. FHIRPath has no such zones; they are still read, so a
+/// view over such values keeps building as it did. Returns the value and the zone as written.
+fn legacy_zone(s: &str) -> Option<(DateTime<'_>, &str)> {
+    let t = s.find('T')?;
+    let zone_at = t + 1 + s[t + 1..].find(['Z', '+', '-'])?;
+    let zone = &s[zone_at..];
+    let zone_time = parse_time(zone.get(1..)?)?;
+    let mut value = DateTime::parse_fhirpath(&s[..zone_at])?;
+    value.offset = Some(Offset::Fixed {
+        negative: zone.starts_with('-'),
+        hours: zone_time.hour,
+        minutes: zone_time.minute?,
+    });
+    Some((value, zone))
+}
+
 impl<'a> DateTimeParts<'a> {
     /// Parses a FHIR date or dateTime of any precision.
     pub fn parse(s: &'a str) -> Option<Self> {
-        DateTime::parse_fhirpath(s).map(Self)
+        match DateTime::parse_fhirpath(s) {
+            Some(value) => Some(Self {
+                value,
+                legacy_zone: None,
+            }),
+            None => legacy_zone(s).map(|(value, zone)| Self {
+                value,
+                legacy_zone: Some(zone),
+            }),
+        }
     }
 
     /// How many components are present (year = 1 ... second = 6, fraction = 7).
     pub fn precision(&self) -> u8 {
-        let precision = match self.0.time {
-            None => self.0.date.precision(),
-            Some(time) => time.precision(),
-        };
-        match precision {
+        match self.value.precision() {
             Precision::Year => 1,
             Precision::Month => 2,
             Precision::Day => 3,
@@ -47,7 +76,7 @@ fn boundary(high: bool) -> Boundary {
 
 /// `lowBoundary()` / `highBoundary()` of a date: the first / last day it can mean.
 pub fn date_boundary_text(s: &str, high: bool) -> Option<String> {
-    let parts = DateTime::parse_fhirpath(s)?;
+    let parts = DateTimeParts::parse(s)?.value;
     if parts.time.is_some() {
         return None;
     }
@@ -57,7 +86,14 @@ pub fn date_boundary_text(s: &str, high: bool) -> Option<String> {
 /// `lowBoundary()` / `highBoundary()` of a dateTime: the earliest / latest instant it can mean,
 /// to the millisecond; without a timezone the widest offsets (+14:00 / -12:00) apply.
 pub fn date_time_boundary_text(s: &str, high: bool) -> Option<String> {
-    Some(DateTime::parse_fhirpath(s)?.boundary_text(boundary(high)))
+    let parts = DateTimeParts::parse(s)?;
+    let mut text = parts.value.boundary_text(boundary(high));
+    if let Some(zone) = parts.legacy_zone {
+        // The zone is written back as it was (a fixed offset takes six characters).
+        text.truncate(text.len() - 6);
+        text.push_str(zone);
+    }
+    Some(text)
 }
 
 /// `lowBoundary()` / `highBoundary()` of a time.
@@ -96,7 +132,8 @@ fn precision_compare(a: &[u64], b: &[u64]) -> Option<std::cmp::Ordering> {
 }
 
 /// Components as comparable numbers (timezones are normalised to UTC minutes when present).
-fn sort_key(DateTimeParts(p): &DateTimeParts) -> Vec<u64> {
+fn sort_key(parts: &DateTimeParts) -> Vec<u64> {
+    let p = &parts.value;
     let mut key = vec![p.date.year as u64];
     key.extend(p.date.month.map(u64::from));
     key.extend(p.date.day.map(u64::from));
@@ -140,13 +177,13 @@ fn tz_minutes(offset: Option<Offset>) -> i64 {
 
 /// Days since 1970-01-01 of the first day a date (or dateTime's date part) can mean.
 pub fn epoch_days(s: &str) -> Option<i32> {
-    DateTime::parse_fhirpath(s)?.date.epoch_days()
+    DateTimeParts::parse(s)?.value.date.epoch_days()
 }
 
 /// Microseconds since the Unix epoch (UTC) of the earliest instant a dateTime can mean; a
 /// dateTime without timezone is read as UTC.
 pub fn epoch_micros(s: &str) -> Option<i64> {
-    let p = DateTime::parse_fhirpath(s)?;
+    let p = DateTimeParts::parse(s)?.value;
     let days = i64::from(p.date.epoch_days()?);
     let (h, m, sec, micros) = match &p.time {
         None => (0, 0, 0, 0),
@@ -223,6 +260,24 @@ mod tests {
             compare_temporal("18:12:00", "18:32:00"),
             Some(Ordering::Less)
         );
+    }
+
+    #[test]
+    fn legacy_zones_are_still_read() {
+        // Zones FHIRPath does not have, read as the views' reader always read them.
+        assert_eq!(epoch_micros("1970-01-01T05:00:00Z05:00"), Some(0));
+        assert_eq!(epoch_micros("1970-01-01T05:30+05:30:59"), Some(0));
+        assert_eq!(epoch_micros("1970-01-01T-01:00"), Some(3_600_000_000));
+        assert_eq!(
+            date_time_boundary_text("2010-10-10T10Z05:00", true).unwrap(),
+            "2010-10-10T10:59:59.999Z05:00"
+        );
+        assert_eq!(
+            compare_temporal("2015-02-07T13:28:17Z02:00", "2015-02-07T11:28:17Z"),
+            Some(Ordering::Equal)
+        );
+        assert!(DateTimeParts::parse("2015-02-07T13:28Z5:00").is_none());
+        assert!(DateTimeParts::parse("2015-02-07T13:28+05").is_none());
     }
 
     #[test]
