@@ -151,11 +151,10 @@ pub fn days_in_month(year: i32, month: u8) -> u8 {
     }
 }
 
-/// Appends the last `width` decimal digits of `n`, zero-padded.
-fn push_digits(out: &mut String, n: u32, width: u32) {
-    for i in (0..width).rev() {
-        out.push(char::from(b'0' + (n / 10u32.pow(i) % 10) as u8));
-    }
+/// Appends `n` (0-99) as two digits.
+fn push_two(out: &mut String, n: u8) {
+    out.push(char::from(b'0' + n / 10 % 10));
+    out.push(char::from(b'0' + n % 10));
 }
 
 /// Fraction digits as nanoseconds: the first nine, padded with `fill`.
@@ -171,6 +170,7 @@ impl Date {
     /// Reads `YYYY`, `YYYY-MM` or `YYYY-MM-DD` at the start of `text` and returns what follows.
     /// `None` when `text` does not start with four digits or a written month / day is out of
     /// 01-12 / 01-31; a `-` not followed by two digits ends the date there.
+    #[inline]
     pub fn scan(text: &str) -> Option<(Date, &str)> {
         let b = text.as_bytes();
         let year = match b.get(..4)? {
@@ -210,6 +210,7 @@ impl Date {
     }
 
     /// How far the date is written.
+    #[inline]
     pub fn precision(&self) -> Precision {
         match (self.month, self.day) {
             (None, _) => Precision::Year,
@@ -219,8 +220,16 @@ impl Date {
     }
 
     /// True when the month is 1-12 and the day exists in it (`2021-02-29` does not).
+    #[inline]
     pub fn is_valid(&self) -> bool {
-        self.first_day().is_some()
+        match (self.month, self.day) {
+            (None, None) => true,
+            (None, Some(_)) => false,
+            (Some(month), day) => {
+                (1..=12).contains(&month)
+                    && day.is_none_or(|day| day >= 1 && day <= days_in_month(self.year, month))
+            }
+        }
     }
 
     /// The date filled out to a day: the first (`Low`) or last (`High`) day it can mean. A written
@@ -242,6 +251,7 @@ impl Date {
 
     /// The first day the date can mean (`2010` is 2010-01-01); `None` when it is not a calendar
     /// date.
+    #[inline]
     pub fn first_day(&self) -> Option<NaiveDate> {
         let month = self.month.unwrap_or(1);
         NaiveDate::from_ymd_opt(self.year, month.into(), self.day.unwrap_or(1).into())
@@ -262,6 +272,7 @@ impl Date {
     }
 
     /// `date` written to `precision` (Year, Month or Day; finer precisions give Day).
+    #[inline]
     pub fn from_naive(date: NaiveDate, precision: Precision) -> Date {
         Date {
             year: date.year(),
@@ -275,15 +286,18 @@ impl Date {
         match u32::try_from(self.year) {
             // Every shifted date comes through here: digits by hand are several times cheaper
             // than `format!` (same output for years 0000-9999).
-            Ok(year) if year <= 9999 => push_digits(out, year, 4),
+            Ok(year) if year <= 9999 => {
+                push_two(out, (year / 100) as u8);
+                push_two(out, (year % 100) as u8);
+            }
             _ => out.push_str(&format!("{:04}", self.year)),
         }
         if let Some(month) = self.month {
             out.push('-');
-            push_digits(out, month.into(), 2);
+            push_two(out, month);
             if let Some(day) = self.day {
                 out.push('-');
-                push_digits(out, day.into(), 2);
+                push_two(out, day);
             }
         }
     }
@@ -293,6 +307,7 @@ impl<'a> Time<'a> {
     /// Reads `hh`, `hh:mm`, `hh:mm:ss` or `hh:mm:ss.f...` at the start of `text` and returns what
     /// follows; `None` unless `text` starts with two digits. The digits are not range-checked
     /// (see [`Time::is_valid`]); a `:` or `.` not followed by digits ends the time there.
+    #[inline]
     pub fn scan(text: &'a str) -> Option<(Time<'a>, &'a str)> {
         let b = text.as_bytes();
         let mut time = Time {
@@ -355,11 +370,11 @@ impl<'a> Time<'a> {
         let high = boundary.is_high();
         let fill = |v: Option<u8>| v.unwrap_or(if high { 59 } else { 0 });
         let mut out = String::with_capacity(12);
-        push_digits(&mut out, self.hour.into(), 2);
+        push_two(&mut out, self.hour);
         out.push(':');
-        push_digits(&mut out, fill(self.minute).into(), 2);
+        push_two(&mut out, fill(self.minute));
         out.push(':');
-        push_digits(&mut out, fill(self.second).into(), 2);
+        push_two(&mut out, fill(self.second));
         out.push('.');
         let fraction = self.fraction.unwrap_or("");
         out.push_str(fraction);
@@ -390,13 +405,13 @@ impl<'a> Time<'a> {
 
     /// Appends the time as written (without a leading `T`).
     pub fn write_to(&self, out: &mut String) {
-        push_digits(out, self.hour.into(), 2);
+        push_two(out, self.hour);
         if let Some(minute) = self.minute {
             out.push(':');
-            push_digits(out, minute.into(), 2);
+            push_two(out, minute);
             if let Some(second) = self.second {
                 out.push(':');
-                push_digits(out, second.into(), 2);
+                push_two(out, second);
                 if let Some(fraction) = self.fraction {
                     out.push('.');
                     out.push_str(fraction);
@@ -410,6 +425,7 @@ impl Offset {
     /// Reads `Z`, `+hh:mm` or `-hh:mm` at the start of `text`; no offset (and `text` unread) when
     /// it starts with anything else, including a sign not followed by `hh:mm`. The digits are
     /// not range-checked (see [`Offset::is_valid`]).
+    #[inline]
     pub fn scan(text: &str) -> (Option<Offset>, &str) {
         let b = text.as_bytes();
         match b.first() {
@@ -469,9 +485,9 @@ impl Offset {
                 minutes,
             } => {
                 out.push(if negative { '-' } else { '+' });
-                push_digits(out, hours.into(), 2);
+                push_two(out, hours);
                 out.push(':');
-                push_digits(out, minutes.into(), 2);
+                push_two(out, minutes);
             }
         }
     }
@@ -481,6 +497,7 @@ impl<'a> DateTime<'a> {
     /// Reads a date at the start of `text`, then, when the date has a day, `T` and a time (see
     /// [`Time::scan`]) and an offset (see [`Offset::scan`]); returns what follows. A `T` not
     /// followed by two digits is left unread.
+    #[inline]
     pub fn scan(text: &'a str) -> Option<(DateTime<'a>, &'a str)> {
         let (date, rest) = Date::scan(text)?;
         let mut value = DateTime {

@@ -49,12 +49,13 @@ pub fn shift(text: &str, days: i64) -> Option<String> {
     } else {
         d.checked_sub_days(Days::new(days.unsigned_abs()))?
     };
-    let moved = DateTime {
-        date: Date::from_naive(shifted, value.date.precision()),
-        ..value
-    };
     let mut out = String::with_capacity(text.len() + 1);
-    moved.write_to(&mut out);
+    Date::from_naive(shifted, value.date.precision()).write_to(&mut out);
+    // The time and zone are kept as written: `read` took the whole text, and the date is its
+    // first ten characters (what `DateTime::write_to` would give back, without re-writing it).
+    if value.time.is_some() {
+        out.push_str(&text[10..]);
+    }
     Some(out)
 }
 
