@@ -67,24 +67,29 @@ pub fn year(text: &str) -> Option<i32> {
 /// `YYYY` of a date.
 pub fn to_year(text: &str) -> Option<String> {
     read(text).map(|v| {
-        let year = Date {
+        written(Date {
             month: None,
             day: None,
             ..v.date
-        };
-        year.to_string()
+        })
     })
 }
 
 /// `YYYY-MM` of a date (or `YYYY` if that is all it has).
 pub fn to_month(text: &str) -> Option<String> {
     read(text).map(|v| {
-        Date {
+        written(Date {
             day: None,
             ..v.date
-        }
-        .to_string()
+        })
     })
+}
+
+/// The date as FHIR writes it (one allocation; `to_string` would take two).
+fn written(date: Date) -> String {
+    let mut out = String::with_capacity(7);
+    date.write_to(&mut out);
+    out
 }
 
 /// Whole years from a birth date to `today` (a year-only date counts from its first day, so the
