@@ -12,7 +12,10 @@
 //!   conditional, contained, `urn:uuid:`).
 //! * [`compartment`]: the patient compartment (from the R4 CompartmentDefinition, by the same
 //!   generator) and the one patient a resource is about.
+//! * [`datetime`]: FHIR `date`, `dateTime`, `instant` and `time` (partial dates, the offset as
+//!   written, low / high boundaries, chrono conversion, formatting back to the same precision).
 
 pub mod compartment;
+pub mod datetime;
 pub mod reference;
 pub mod types;

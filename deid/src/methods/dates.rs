@@ -3,6 +3,7 @@
 //! preserved exactly. Also the anonymizer's own date-shift arithmetic for compatibility mode.
 
 use chrono::{Datelike, Days, NaiveDate};
+use fhirlake_fhir::datetime::{Date, DateTime, Precision, Time};
 
 use crate::key::DeidKey;
 
@@ -17,92 +18,23 @@ pub fn offset_days(key: &DeidKey, scope: &str, n: u32) -> i64 {
     if r >= 0 { r + 1 } else { r }
 }
 
-/// The date part of a FHIR date/dateTime/instant and the text after it.
-fn split(text: &str) -> Option<(Precision, NaiveDate, &str)> {
-    let b = text.as_bytes();
-    let digits = |r: std::ops::Range<usize>| {
-        b.get(r.clone())
-            .is_some_and(|s| s.iter().all(u8::is_ascii_digit))
-    };
-    // Checked digits: read them directly instead of through `str::parse`.
-    let number =
-        |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
-    if !digits(0..4) {
-        return None;
-    }
-    let year = number(0..4) as i32;
-    if b.len() == 4 {
-        return Some((Precision::Year, NaiveDate::from_ymd_opt(year, 7, 1)?, ""));
-    }
-    if b.get(4) != Some(&b'-') || !digits(5..7) {
-        return None;
-    }
-    let month = number(5..7);
-    if b.len() == 7 {
-        return Some((
-            Precision::Month,
-            NaiveDate::from_ymd_opt(year, month, 15)?,
-            "",
-        ));
-    }
-    if b.get(7) != Some(&b'-') || !digits(8..10) {
-        return None;
-    }
-    let day = number(8..10);
-    let rest = &text[10..];
-    // Anything after the day must be a time (and zone): other text is not a FHIR date, and it
-    // must not ride along into the output.
-    if !(rest.is_empty() || time_len(rest) == Some(rest.len())) {
-        return None;
-    }
-    Some((
-        Precision::Day,
-        NaiveDate::from_ymd_opt(year, month, day)?,
-        rest,
-    ))
+/// A FHIR date, dateTime or instant as the de-identifier reads it: a date of any precision that
+/// exists in the calendar, or a full date with `Thh:mm`, optional seconds and fraction, and an
+/// optional offset. The time's digits are not range-checked (a shift keeps them as written).
+/// Anything after that is not a FHIR date, and it must not ride along into the output.
+fn read(text: &str) -> Option<DateTime<'_>> {
+    let (value, rest) = DateTime::scan(text)?;
+    let time_ok = value.time.is_none_or(|time| time.minute.is_some());
+    (rest.is_empty() && time_ok && value.date.is_valid()).then_some(value)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Precision {
-    Year,
-    Month,
-    Day,
-}
-
-fn format(p: Precision, d: NaiveDate, rest: &str) -> String {
-    let year = match u32::try_from(d.year()) {
-        Ok(y) if y <= 9999 => y,
-        _ => return format_slow(p, d, rest),
-    };
-    // Every shifted date goes through here: digits by hand are several times cheaper than
-    // `format!` (same output as `format_slow` for years 0000-9999).
-    let mut out = String::with_capacity(10 + rest.len());
-    push_digits(&mut out, year, 4);
-    if p != Precision::Year {
-        out.push('-');
-        push_digits(&mut out, d.month(), 2);
-    }
-    if p == Precision::Day {
-        out.push('-');
-        push_digits(&mut out, d.day(), 2);
-        out.push_str(rest);
-    }
-    out
-}
-
-/// The last `width` decimal digits of `n`, zero-padded.
-fn push_digits(out: &mut String, n: u32, width: u32) {
-    for i in (0..width).rev() {
-        out.push(char::from(b'0' + (n / 10u32.pow(i) % 10) as u8));
-    }
-}
-
-/// [`format`] for years outside 0000-9999 (signed or longer years).
-fn format_slow(p: Precision, d: NaiveDate, rest: &str) -> String {
-    match p {
-        Precision::Year => format!("{:04}", d.year()),
-        Precision::Month => format!("{:04}-{:02}", d.year(), d.month()),
-        Precision::Day => format!("{:04}-{:02}-{:02}{rest}", d.year(), d.month(), d.day()),
+/// The day a date is shifted from: year and month precision dates shift their middle (1 July,
+/// the 15th).
+fn anchor(date: &Date) -> Option<NaiveDate> {
+    match date.precision() {
+        Precision::Year => NaiveDate::from_ymd_opt(date.year, 7, 1),
+        Precision::Month => NaiveDate::from_ymd_opt(date.year, date.month?.into(), 15),
+        _ => date.first_day(),
     }
 }
 
@@ -110,42 +42,60 @@ fn format_slow(p: Precision, d: NaiveDate, rest: &str) -> String {
 /// Year and month precision dates shift their middle (so a year-only date stays in its year for
 /// shifts under half a year). `None` if the text is not a FHIR date.
 pub fn shift(text: &str, days: i64) -> Option<String> {
-    let (p, d, rest) = split(text)?;
+    let value = read(text)?;
+    let d = anchor(&value.date)?;
     let shifted = if days >= 0 {
         d.checked_add_days(Days::new(days as u64))?
     } else {
         d.checked_sub_days(Days::new(days.unsigned_abs()))?
     };
-    Some(format(p, shifted, rest))
+    let mut out = String::with_capacity(text.len() + 1);
+    Date::from_naive(shifted, value.date.precision()).write_to(&mut out);
+    // The time and zone are kept as written: `read` took the whole text, and the date is its
+    // first ten characters (what `DateTime::write_to` would give back, without re-writing it).
+    if value.time.is_some() {
+        out.push_str(&text[10..]);
+    }
+    Some(out)
 }
 
 /// Year of a FHIR date.
 pub fn year(text: &str) -> Option<i32> {
-    split(text).map(|(_, d, _)| d.year())
+    read(text).map(|v| v.date.year)
 }
 
 /// `YYYY` of a date.
 pub fn to_year(text: &str) -> Option<String> {
-    split(text).map(|(_, d, _)| format!("{:04}", d.year()))
+    read(text).map(|v| {
+        written(Date {
+            month: None,
+            day: None,
+            ..v.date
+        })
+    })
 }
 
 /// `YYYY-MM` of a date (or `YYYY` if that is all it has).
 pub fn to_month(text: &str) -> Option<String> {
-    split(text).map(|(p, d, _)| match p {
-        Precision::Year => format!("{:04}", d.year()),
-        _ => format!("{:04}-{:02}", d.year(), d.month()),
+    read(text).map(|v| {
+        written(Date {
+            day: None,
+            ..v.date
+        })
     })
+}
+
+/// The date as FHIR writes it (one allocation; `to_string` would take two).
+fn written(date: Date) -> String {
+    let mut out = String::with_capacity(7);
+    date.write_to(&mut out);
+    out
 }
 
 /// Whole years from a birth date to `today` (a year-only date counts from its first day, so the
 /// age is never under-estimated for the 90+ rule).
 pub fn age_in_years(birth: &str, today: NaiveDate) -> Option<i32> {
-    let (p, d, _) = split(birth)?;
-    let born = match p {
-        Precision::Year => NaiveDate::from_ymd_opt(d.year(), 1, 1)?,
-        Precision::Month => NaiveDate::from_ymd_opt(d.year(), d.month(), 1)?,
-        Precision::Day => d,
-    };
+    let born = read(birth)?.date.first_day()?;
     let mut age = today.year() - born.year();
     if (today.month(), today.day()) < (born.month(), born.day()) {
         age -= 1;
@@ -168,78 +118,43 @@ pub fn ms_offset(prefix: &str, key: &str) -> i64 {
 /// (`2001-01-01Z` gives just the shifted date). `None` for dates without a day.
 pub fn ms_shift(text: &str, days: i64) -> Option<String> {
     let date = text.get(..10)?;
-    let (p, _, _) = split(date)?;
-    if p != Precision::Day {
+    if !is_full_date(date) {
         return None;
     }
     let shifted = shift(date, days)?;
-    let rest = &text[10..];
-    if !rest.starts_with('T') {
+    if !text[10..].starts_with('T') {
         return Some(shifted);
     }
     // Only the time the tool recognizes is written back; text after it is dropped.
-    let rest = &rest[..time_len(rest)?];
-    let zeroed: String = rest
-        .char_indices()
-        .map(|(i, c)| {
-            // Zero the time digits, up to the zone designator.
-            if c.is_ascii_digit() && !in_zone(rest, i) {
-                '0'
-            } else {
-                c
-            }
-        })
-        .collect();
-    Some(format!("{shifted}{zeroed}"))
-}
-
-/// Length of the time and zone at the start of `rest` (`T13:28:17.123-05:00`, `T10:00Z`), or
-/// `None` when `rest` does not start with one.
-fn time_len(rest: &str) -> Option<usize> {
-    let b = rest.as_bytes();
-    let digits = |r: std::ops::Range<usize>| {
-        b.get(r.clone())
-            .is_some_and(|s| s.iter().all(u8::is_ascii_digit))
-    };
-    if b.first() != Some(&b'T') || !digits(1..3) || b.get(3) != Some(&b':') || !digits(4..6) {
+    let (value, after) = DateTime::scan(text)?;
+    let time = value.time.filter(|time| time.minute.is_some())?;
+    // The tool's pattern fails, rather than stops, at a dot without digits after the seconds
+    // or at an offset sign without `hh:mm`.
+    let stopped_short = value.offset.is_none()
+        && (after.starts_with(['+', '-'])
+            || (time.second.is_some() && time.fraction.is_none() && after.starts_with('.')));
+    if stopped_short {
         return None;
     }
-    let mut i = 6;
-    if b.get(6) == Some(&b':') && digits(7..9) {
-        i = 9;
-        if b.get(9) == Some(&b'.') {
-            let frac = b[10..].iter().take_while(|c| c.is_ascii_digit()).count();
-            if frac == 0 {
-                return None;
-            }
-            i = 10 + frac;
-        }
+    let zeros = time.fraction.map(|f| "0".repeat(f.len()));
+    let zeroed = Time {
+        hour: 0,
+        minute: Some(0),
+        second: time.second.map(|_| 0),
+        fraction: zeros.as_deref(),
+    };
+    let mut out = shifted;
+    out.push('T');
+    zeroed.write_to(&mut out);
+    if let Some(offset) = value.offset {
+        offset.write_to(&mut out);
     }
-    match b.get(i) {
-        Some(b'Z') => i += 1,
-        Some(b'+' | b'-') => {
-            if digits(i + 1..i + 3) && b.get(i + 3) == Some(&b':') && digits(i + 4..i + 6) {
-                i += 6;
-            } else {
-                return None;
-            }
-        }
-        _ => {}
-    }
-    Some(i)
-}
-
-fn in_zone(rest: &str, i: usize) -> bool {
-    // The zone starts at the last '+' or '-' after the 'T' (or 'Z').
-    match rest.rfind(['+', '-']) {
-        Some(z) => i > z,
-        None => false,
-    }
+    Some(out)
 }
 
 /// True when a date is a full date (day precision).
 pub fn is_full_date(text: &str) -> bool {
-    matches!(split(text), Some((Precision::Day, _, _)))
+    read(text).is_some_and(|v| v.date.day.is_some())
 }
 
 #[cfg(test)]
@@ -272,6 +187,8 @@ mod tests {
 
     #[test]
     fn hand_formatting_matches_format() {
+        // The hand-written digits moved to fhirlake_fhir::datetime (tested there); a shift by 0
+        // days goes through them and must give what `format!` gives.
         for (y, m, d) in [
             (0, 1, 1),
             (9, 12, 31),
@@ -279,13 +196,13 @@ mod tests {
             (2024, 2, 29),
             (9999, 12, 31),
         ] {
-            let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
-            for p in [Precision::Year, Precision::Month, Precision::Day] {
-                assert_eq!(format(p, date, "T10:00Z"), format_slow(p, date, "T10:00Z"));
+            let year = format!("{y:04}");
+            let month = format!("{y:04}-{m:02}");
+            let day = format!("{y:04}-{m:02}-{d:02}T10:00Z");
+            for text in [year, month, day] {
+                assert_eq!(shift(&text, 0).unwrap(), text);
             }
         }
-        let far = NaiveDate::from_ymd_opt(-1, 12, 31).unwrap();
-        assert_eq!(format(Precision::Day, far, ""), "-001-12-31");
         assert_eq!(shift("0000-01-01", -1).unwrap(), "-001-12-31");
     }
 

@@ -15,43 +15,30 @@ use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
+use fhirlake_fhir::datetime::{Date, Time};
 
 /// Parses FHIR `date`, `dateTime` or `instant` text into the first calendar day it covers.
 ///
 /// Accepted: `YYYY`, `YYYY-MM`, `YYYY-MM-DD`, and `YYYY-MM-DD` followed by `T` (or a space, as SQL
 /// timestamps print) and at least `hh:mm`. Anything else, including impossible days, is `None`.
+/// Looser than R4 on purpose (no offset or seconds needed, text after `hh:mm` is not read): the
+/// date is all that is kept.
 pub fn parse_fhir_date(text: &str) -> Option<NaiveDate> {
-    let bytes = text.as_bytes();
-    let number = |from: usize, to: usize| -> Option<u32> {
-        let digits = bytes.get(from..to)?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        digits
-            .iter()
-            .try_fold(0u32, |n, d| Some(n * 10 + u32::from(d - b'0')))
-    };
-    let year = i32::try_from(number(0, 4)?).ok()?;
-    let (month, day, end) = match (bytes.get(4), bytes.get(7)) {
-        (None, _) => (1, 1, 4),
-        (Some(b'-'), None) => (number(5, 7)?, 1, 7),
-        (Some(b'-'), Some(b'-')) => (number(5, 7)?, number(8, 10)?, 10),
-        _ => return None,
-    };
-    // `number` read every byte up to `end`, so `end <= bytes.len()`.
-    let rest = &bytes[end..];
+    let (date, rest) = Date::scan(text)?;
     if !rest.is_empty() {
         // Only a full date may carry a time; the time must at least have hours and minutes.
-        let time_ok = end == 10
-            && matches!(rest.first(), Some(b'T' | b' '))
-            && number(11, 13).is_some_and(|h| h < 24)
-            && bytes.get(13) == Some(&b':')
-            && number(14, 16).is_some_and(|m| m < 60);
+        let time_ok = date.day.is_some()
+            && rest
+                .strip_prefix(['T', ' '])
+                .and_then(Time::scan)
+                .is_some_and(|(time, _)| {
+                    time.hour < 24 && time.minute.is_some_and(|minute| minute < 60)
+                });
         if !time_ok {
             return None;
         }
     }
-    NaiveDate::from_ymd_opt(year, month, day)
+    date.first_day()
 }
 
 /// Whole years from `birth` to `at` (the birthday counts on its day; someone born on 29 February

@@ -1,214 +1,104 @@
 //! Partial dates, dateTimes and times as FHIR writes them (`2010`, `2010-10`, `2010-10-10T10:00Z`,
-//! `12:34`), their comparison precision, and `lowBoundary()` / `highBoundary()`.
+//! `12:34`), their comparison precision, and `lowBoundary()` / `highBoundary()`. Reading,
+//! boundaries and formatting are `fhirlake_fhir::datetime`'s (its FHIRPath reading); the
+//! comparison rules and the epoch conversions the view columns need are here.
 
-/// The parts of a FHIR date or dateTime, each present down to its precision.
+use fhirlake_fhir::datetime::{Boundary, DateTime, Offset, Precision, Time};
+
+/// A FHIR date or dateTime as FHIRPath reads it ([`DateTime::parse_fhirpath`]), or as the
+/// views' older reader also accepted it (see [`legacy_zone`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DateTimeParts<'a> {
-    /// Year.
-    pub year: u32,
-    /// Month 1-12.
-    pub month: Option<u32>,
-    /// Day 1-31.
-    pub day: Option<u32>,
-    /// The time, if any.
-    pub time: Option<TimeParts<'a>>,
-    /// `Z` or `+hh:mm` / `-hh:mm`, as written.
-    pub tz: Option<&'a str>,
+    /// The value.
+    pub value: DateTime<'a>,
+    /// The zone as written when only the older reading accepts it (`Z05:00`, `+05:30:00`).
+    pub legacy_zone: Option<&'a str>,
 }
 
 /// The parts of a time of day.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimeParts<'a> {
-    /// Hour.
-    pub hour: u32,
-    /// Minute.
-    pub minute: Option<u32>,
-    /// Second.
-    pub second: Option<u32>,
-    /// Fraction digits as written (without the dot).
-    pub fraction: Option<&'a str>,
-}
-
-fn number(s: &str, digits: usize, max: u32) -> Option<u32> {
-    if s.len() != digits || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok().filter(|v| *v <= max)
-}
-
-/// An optional two-digit component: `Some(None)` when absent, `None` when malformed.
-fn optional(part: Option<&str>, max: u32) -> Option<Option<u32>> {
-    match part {
-        None => Some(None),
-        Some(p) => number(p, 2, max).map(Some),
-    }
-}
+pub type TimeParts<'a> = Time<'a>;
 
 /// Parses `hh[:mm[:ss[.fff]]]`.
 pub fn parse_time(s: &str) -> Option<TimeParts<'_>> {
-    let mut parts = s.splitn(3, ':');
-    let hour = number(parts.next()?, 2, 23)?;
-    let minute = optional(parts.next(), 59)?;
-    let (second, fraction) = match parts.next() {
-        None => (None, None),
-        Some(sec) => {
-            let (whole, fraction) = match sec.split_once('.') {
-                Some((whole, fraction)) => {
-                    if fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-                        return None;
-                    }
-                    (whole, Some(fraction))
-                }
-                None => (sec, None),
-            };
-            (Some(number(whole, 2, 60)?), fraction)
-        }
-    };
-    Some(TimeParts {
-        hour,
-        minute,
-        second,
-        fraction,
-    })
+    Time::parse_fhirpath(s)
+}
+
+/// The views' reader before `fhirlake_fhir::datetime` took any `Z`, `+` or `-` after the `T`
+/// followed by `hh:mm` (and optionally seconds) as the zone, `-` west and otherwise east: `Z05:00`
+/// was +05:00 and `+05:30:00` was +05:30. FHIRPath has no such zones; they are still read, so a
+/// view over such values keeps building as it did. Returns the value and the zone as written.
+fn legacy_zone(s: &str) -> Option<(DateTime<'_>, &str)> {
+    let t = s.find('T')?;
+    let zone_at = t + 1 + s[t + 1..].find(['Z', '+', '-'])?;
+    let zone = &s[zone_at..];
+    let zone_time = parse_time(zone.get(1..)?)?;
+    let mut value = DateTime::parse_fhirpath(&s[..zone_at])?;
+    value.offset = Some(Offset::Fixed {
+        negative: zone.starts_with('-'),
+        hours: zone_time.hour,
+        minutes: zone_time.minute?,
+    });
+    Some((value, zone))
 }
 
 impl<'a> DateTimeParts<'a> {
     /// Parses a FHIR date or dateTime of any precision.
     pub fn parse(s: &'a str) -> Option<Self> {
-        let (date, rest) = match s.split_once('T') {
-            Some((date, rest)) => (date, Some(rest)),
-            None => (s, None),
-        };
-        let mut parts = date.split('-');
-        let year = number(parts.next()?, 4, 9999)?;
-        let month = optional(parts.next(), 12)?;
-        let day = optional(parts.next(), 31)?;
-        if parts.next().is_some() || month == Some(0) || day == Some(0) {
-            return None;
+        match DateTime::parse_fhirpath(s) {
+            Some(value) => Some(Self {
+                value,
+                legacy_zone: None,
+            }),
+            None => legacy_zone(s).map(|(value, zone)| Self {
+                value,
+                legacy_zone: Some(zone),
+            }),
         }
-        let (time, tz) = match rest {
-            None => (None, None),
-            Some(rest) => {
-                day?;
-                let split = rest.find(['Z', '+', '-']);
-                let (time, tz) = match split {
-                    Some(i) => (&rest[..i], Some(&rest[i..])),
-                    None => (rest, None),
-                };
-                if let Some(tz) = tz
-                    && tz != "Z"
-                    && parse_time(&tz[1..])
-                        .filter(|t| t.minute.is_some())
-                        .is_none()
-                {
-                    return None;
-                }
-                let time = if time.is_empty() {
-                    None
-                } else {
-                    Some(parse_time(time)?)
-                };
-                (time, tz)
-            }
-        };
-        Some(Self {
-            year,
-            month,
-            day,
-            time,
-            tz,
-        })
     }
 
     /// How many components are present (year = 1 ... second = 6, fraction = 7).
     pub fn precision(&self) -> u8 {
-        let date = 1 + u8::from(self.month.is_some()) + u8::from(self.day.is_some());
-        match &self.time {
-            None => date,
-            Some(t) => date + t.precision(),
+        match self.value.precision() {
+            Precision::Year => 1,
+            Precision::Month => 2,
+            Precision::Day => 3,
+            Precision::Hour => 4,
+            Precision::Minute => 5,
+            Precision::Second => 6,
+            Precision::Fraction => 7,
         }
     }
 }
 
-impl TimeParts<'_> {
-    /// Components present (hour = 1 ... fraction = 4).
-    pub fn precision(&self) -> u8 {
-        1 + u8::from(self.minute.is_some())
-            + u8::from(self.second.is_some())
-            + u8::from(self.fraction.is_some())
-    }
-
-    fn boundary(&self, high: bool) -> String {
-        let fill = |v: Option<u32>, max: u32| v.unwrap_or(if high { max } else { 0 });
-        let fraction = match &self.fraction {
-            Some(f) => {
-                let mut f = f.to_string();
-                while f.len() < 3 {
-                    f.push(if high { '9' } else { '0' });
-                }
-                f
-            }
-            None if high => "999".to_string(),
-            None => "000".to_string(),
-        };
-        let minute = fill(self.minute, 59);
-        let second = fill(self.second, 59);
-        format!("{:02}:{:02}:{:02}.{}", self.hour, minute, second, fraction)
-    }
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
-            29
-        }
-        2 => 28,
-        _ => 31,
-    }
-}
-
-fn date_boundary(parts: &DateTimeParts, high: bool) -> String {
-    let month = parts.month.unwrap_or(if high { 12 } else { 1 });
-    let day = match parts.day {
-        Some(day) => day,
-        None if high => days_in_month(parts.year, month),
-        None => 1,
-    };
-    format!("{:04}-{:02}-{:02}", parts.year, month, day)
+fn boundary(high: bool) -> Boundary {
+    if high { Boundary::High } else { Boundary::Low }
 }
 
 /// `lowBoundary()` / `highBoundary()` of a date: the first / last day it can mean.
 pub fn date_boundary_text(s: &str, high: bool) -> Option<String> {
-    let parts = DateTimeParts::parse(s)?;
+    let parts = DateTimeParts::parse(s)?.value;
     if parts.time.is_some() {
         return None;
     }
-    Some(date_boundary(&parts, high))
+    Some(parts.date.boundary(boundary(high)).to_string())
 }
 
 /// `lowBoundary()` / `highBoundary()` of a dateTime: the earliest / latest instant it can mean,
 /// to the millisecond; without a timezone the widest offsets (+14:00 / -12:00) apply.
 pub fn date_time_boundary_text(s: &str, high: bool) -> Option<String> {
     let parts = DateTimeParts::parse(s)?;
-    let time = parts.time.clone().unwrap_or(TimeParts {
-        hour: if high { 23 } else { 0 },
-        minute: None,
-        second: None,
-        fraction: None,
-    });
-    let tz = parts.tz.unwrap_or(if high { "-12:00" } else { "+14:00" });
-    Some(format!(
-        "{}T{}{}",
-        date_boundary(&parts, high),
-        time.boundary(high),
-        tz
-    ))
+    let mut text = parts.value.boundary_text(boundary(high));
+    if let Some(zone) = parts.legacy_zone {
+        // The zone is written back as it was (a fixed offset takes six characters).
+        text.truncate(text.len() - 6);
+        text.push_str(zone);
+    }
+    Some(text)
 }
 
 /// `lowBoundary()` / `highBoundary()` of a time.
 pub fn time_boundary_text(s: &str, high: bool) -> Option<String> {
-    Some(parse_time(s)?.boundary(high))
+    Some(parse_time(s)?.boundary_text(boundary(high)))
 }
 
 /// `lowBoundary()` / `highBoundary()` of a decimal written with `digits` fraction digits: the
@@ -242,12 +132,13 @@ fn precision_compare(a: &[u64], b: &[u64]) -> Option<std::cmp::Ordering> {
 }
 
 /// Components as comparable numbers (timezones are normalised to UTC minutes when present).
-fn sort_key(p: &DateTimeParts) -> Vec<u64> {
-    let mut key = vec![p.year as u64];
-    key.extend(p.month.map(u64::from));
-    key.extend(p.day.map(u64::from));
+fn sort_key(parts: &DateTimeParts) -> Vec<u64> {
+    let p = &parts.value;
+    let mut key = vec![p.date.year as u64];
+    key.extend(p.date.month.map(u64::from));
+    key.extend(p.date.day.map(u64::from));
     if let Some(t) = &p.time {
-        let offset = p.tz.map(tz_minutes).unwrap_or(0);
+        let offset = tz_minutes(p.offset);
         let minutes = t.hour as i64 * 60 + t.minute.unwrap_or(0) as i64 - offset;
         // Shifting by the offset can cross midnight; fold days into the hour component so the
         // ordering stays right for instants within the same date.
@@ -279,29 +170,21 @@ fn fraction_units(fraction: &str, digits: usize) -> u64 {
         .fold(0, |acc, b| acc * 10 + u64::from(b - b'0'))
 }
 
-fn tz_minutes(tz: &str) -> i64 {
-    if tz == "Z" {
-        return 0;
-    }
-    let sign = if tz.starts_with('-') { -1 } else { 1 };
-    let t = parse_time(&tz[1..]);
-    t.map_or(0, |t| {
-        sign * (t.hour as i64 * 60 + t.minute.unwrap_or(0) as i64)
-    })
+/// Minutes east of UTC; a dateTime without an offset is read as UTC.
+fn tz_minutes(offset: Option<Offset>) -> i64 {
+    offset.map_or(0, |o| i64::from(o.minutes_east()))
 }
 
 /// Days since 1970-01-01 of the first day a date (or dateTime's date part) can mean.
 pub fn epoch_days(s: &str) -> Option<i32> {
-    let p = DateTimeParts::parse(s)?;
-    let date = chrono_like_days(p.year as i32, p.month.unwrap_or(1), p.day.unwrap_or(1))?;
-    Some(date)
+    DateTimeParts::parse(s)?.value.date.epoch_days()
 }
 
 /// Microseconds since the Unix epoch (UTC) of the earliest instant a dateTime can mean; a
 /// dateTime without timezone is read as UTC.
 pub fn epoch_micros(s: &str) -> Option<i64> {
-    let p = DateTimeParts::parse(s)?;
-    let days = chrono_like_days(p.year as i32, p.month.unwrap_or(1), p.day.unwrap_or(1))? as i64;
+    let p = DateTimeParts::parse(s)?.value;
+    let days = i64::from(p.date.epoch_days()?);
     let (h, m, sec, micros) = match &p.time {
         None => (0, 0, 0, 0),
         Some(t) => {
@@ -314,7 +197,7 @@ pub fn epoch_micros(s: &str) -> Option<i64> {
             )
         }
     };
-    let offset = p.tz.map(tz_minutes).unwrap_or(0);
+    let offset = tz_minutes(p.offset);
     let seconds = days * 86_400 + h * 3600 + (m - offset) * 60 + sec;
     Some(seconds * 1_000_000 + micros)
 }
@@ -328,20 +211,6 @@ pub fn time_micros(s: &str) -> Option<i64> {
             * 1_000_000
             + micros,
     )
-}
-
-/// Days from the civil date to 1970-01-01 (Howard Hinnant's algorithm), validating the day.
-fn chrono_like_days(year: i32, month: u32, day: u32) -> Option<i32> {
-    if day > days_in_month(year as u32, month) {
-        return None;
-    }
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month as i32 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day as i32 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
 }
 
 #[cfg(test)]
@@ -391,6 +260,24 @@ mod tests {
             compare_temporal("18:12:00", "18:32:00"),
             Some(Ordering::Less)
         );
+    }
+
+    #[test]
+    fn legacy_zones_are_still_read() {
+        // Zones FHIRPath does not have, read as the views' reader always read them.
+        assert_eq!(epoch_micros("1970-01-01T05:00:00Z05:00"), Some(0));
+        assert_eq!(epoch_micros("1970-01-01T05:30+05:30:59"), Some(0));
+        assert_eq!(epoch_micros("1970-01-01T-01:00"), Some(3_600_000_000));
+        assert_eq!(
+            date_time_boundary_text("2010-10-10T10Z05:00", true).unwrap(),
+            "2010-10-10T10:59:59.999Z05:00"
+        );
+        assert_eq!(
+            compare_temporal("2015-02-07T13:28:17Z02:00", "2015-02-07T11:28:17Z"),
+            Some(Ordering::Equal)
+        );
+        assert!(DateTimeParts::parse("2015-02-07T13:28Z5:00").is_none());
+        assert!(DateTimeParts::parse("2015-02-07T13:28+05").is_none());
     }
 
     #[test]
