@@ -8,5 +8,11 @@
 //!
 //! * [`types`]: the R4 type table (resource types, datatypes, backbone elements, choice keys),
 //!   generated from `hl7.fhir.r4.core` 4.0.1 by `scripts/gen-fhir-types.py`.
+//! * [`fhirpath`]: FHIRPath syntax (lexer, parser, AST) that views and deid both compile from.
+//! * [`error`]: the crate's one error type.
 
+pub mod error;
+pub mod fhirpath;
 pub mod types;
+
+pub use error::{Error, Result};

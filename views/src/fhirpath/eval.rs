@@ -1183,6 +1183,10 @@ fn call<'a>(
             Ok(out)
         }
         Func::Trace => Ok(input.to_vec()),
+        // The view compiler rejects these (deid's rule paths use them); never reached from a view.
+        Func::Descendants | Func::NodesByType => {
+            err(format!("{}() is not supported in views", func.name()))
+        }
     }
 }
 
