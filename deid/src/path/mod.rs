@@ -193,21 +193,24 @@ pub fn parse(text: &str) -> Result<Expr, PathError> {
     match unsupported(&expr) {
         None => Ok(expr),
         Some((needle, message)) => Err(PathError {
-            offset: text.find(needle).map_or(0, |at| text[..at].chars().count()),
+            offset: text
+                .find(&needle)
+                .or_else(|| text.find(&needle[..1]))
+                .map_or(0, |at| text[..at].chars().count()),
             message: message.to_string(),
         }),
     }
 }
 
-/// The first construct of `expr` that rule expressions do not evaluate: the text it starts with
-/// (to point at it) and why.
-fn unsupported(expr: &Expr) -> Option<(&'static str, &'static str)> {
+/// The first construct of `expr` that rule expressions do not evaluate: its text (to point at
+/// it) and why.
+fn unsupported(expr: &Expr) -> Option<(String, &'static str)> {
     let inner = |e: &Expr| unsupported(e);
+    let constant = "%constants are not supported in rule expressions";
     match expr {
-        Expr::Constant(_) | Expr::Resource | Expr::RowIndex => {
-            Some(("%", "%constants are not supported in rule expressions"))
-        }
-        Expr::IndexVar => Some(("$", "only the variable $this is supported")),
+        Expr::Constant(name) => Some((format!("%{name}"), constant)),
+        Expr::Resource | Expr::RowIndex => Some(("%".to_string(), constant)),
+        Expr::IndexVar => Some(("$index".to_string(), "only the variable $this is supported")),
         Expr::Member(base, _) => base.as_deref().and_then(inner),
         Expr::Index(a, b) | Expr::Binary(_, a, b) => inner(a).or_else(|| inner(b)),
         Expr::OfType(base, _) | Expr::TypeOp { base, .. } | Expr::Negate(base) => inner(base),
@@ -577,6 +580,17 @@ mod tests {
         assert!(Selector::compile("name.given").is_err());
         assert!(Selector::compile("Patient.name.first()").is_err());
         assert!(Selector::compile("Patient.name.where(").is_err());
+    }
+
+    #[test]
+    fn rule_expressions_are_fhirpath_without_view_constants() {
+        assert!(parse("$this in ('en-AU' | 'en-CA')").is_ok());
+        let e = parse("%resource.id = 'x'").unwrap_err();
+        assert!(e.message.contains("%constants"), "{e}");
+        assert_eq!(parse("$this = $index").unwrap_err().offset, 8);
+        // Offsets count characters, not bytes (the policy checker's columns).
+        assert_eq!(parse("'é' = x.").unwrap_err().offset, 8);
+        assert!(Selector::compile("Patient.name.where(%x = 1)").is_err());
     }
 
     #[test]
