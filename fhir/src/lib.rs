@@ -14,8 +14,14 @@
 //!   generator) and the one patient a resource is about.
 //! * [`datetime`]: FHIR `date`, `dateTime`, `instant` and `time` (partial dates, the offset as
 //!   written, low / high boundaries, chrono conversion, formatting back to the same precision).
+//! * [`fhirpath`]: FHIRPath syntax (lexer, parser, AST) that views and deid both compile from.
+//! * [`error`]: the crate's one error type.
 
 pub mod compartment;
 pub mod datetime;
+pub mod error;
+pub mod fhirpath;
 pub mod reference;
 pub mod types;
+
+pub use error::{Error, Result};

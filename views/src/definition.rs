@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde_json::Value;
 
-use super::fhirpath::{self, Expr, Literal};
+use super::fhirpath::{self, Expr, Func, Literal};
 use crate::{Error, Result};
 
 /// The Arrow shape of one output column.
@@ -447,6 +447,15 @@ impl Compiler {
                 ty,
             },
             Expr::Call {
+                func: func @ (Func::Descendants | Func::NodesByType),
+                ..
+            } => {
+                return invalid(
+                    path,
+                    format!("invalid FHIRPath: unknown function `{}()`", func.name()),
+                );
+            }
+            Expr::Call {
                 base,
                 func,
                 args,
@@ -667,7 +676,7 @@ impl Compiler {
 
 /// The column type of an untyped column, from the shape of its expression.
 fn infer_kind(expr: &Expr) -> ColumnKind {
-    use fhirpath::{BinOp, Func};
+    use fhirpath::BinOp;
     match expr {
         Expr::Literal(Literal::Boolean(_)) => ColumnKind::Boolean,
         Expr::Literal(Literal::Integer(_)) | Expr::RowIndex => ColumnKind::Int64,

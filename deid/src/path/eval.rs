@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::parse::{BinOp, Expr, Literal};
+use super::{BinOp, Expr, Func, Literal};
 use fhirlake_fhir::types as fhir_types;
 
 /// One item of a FHIRPath collection.
@@ -55,6 +55,10 @@ pub enum EvalError {
     /// An operator applied to values it does not take.
     #[error("operator {0} does not apply to these operand types")]
     BadOperands(&'static str),
+    /// A construct of the FHIRPath grammar that rule expressions do not have (`%constant`,
+    /// `$index`); [`super::parse`] rejects them, so only a hand-built [`Expr`] gets here.
+    #[error("{0} is not supported in rule expressions")]
+    Unsupported(&'static str),
 }
 
 type R<T> = Result<T, EvalError>;
@@ -238,15 +242,17 @@ pub fn descendants_of_type<'a>(value: &'a Value, ty: &'a str, of: &str, out: &mu
 pub fn eval<'a>(expr: &'a Expr, focus: &[Item<'a>], this: &Item<'a>) -> R<Vec<Item<'a>>> {
     Ok(match expr {
         Expr::This => vec![this.clone()],
+        Expr::Empty => vec![],
         Expr::Literal(lit) => match lit {
             // Borrowed: filters compare node values with literals, per node.
             Literal::String(s) => vec![Item::String(Cow::Borrowed(s))],
-            Literal::Number(n) => vec![Item::Number(*n)],
-            Literal::Bool(b) => vec![Item::Bool(*b)],
-            Literal::DateTime(d) => vec![Item::DateTime(d.clone())],
-            Literal::Empty => vec![],
+            Literal::Integer(n) => vec![Item::Number(*n as f64)],
+            Literal::Decimal(n, _) => vec![Item::Number(*n)],
+            Literal::Boolean(b) => vec![Item::Bool(*b)],
+            Literal::Date(d) | Literal::DateTime(d) => vec![Item::DateTime(d.clone())],
+            Literal::Time(t) => vec![Item::DateTime(format!("T{t}"))],
         },
-        Expr::Ident(name) => {
+        Expr::Member(None, name) => {
             // A type name that matches the focus selects it (`Patient.name` on a Patient).
             let mut out = Vec::new();
             for item in focus {
@@ -262,7 +268,7 @@ pub fn eval<'a>(expr: &'a Expr, focus: &[Item<'a>], this: &Item<'a>) -> R<Vec<It
             }
             out
         }
-        Expr::Member(base, name) => {
+        Expr::Member(Some(base), name) => {
             let base = eval(base, focus, this)?;
             let mut out = Vec::new();
             for item in &base {
@@ -282,34 +288,45 @@ pub fn eval<'a>(expr: &'a Expr, focus: &[Item<'a>], this: &Item<'a>) -> R<Vec<It
                 _ => vec![],
             }
         }
-        Expr::As(base, ty) => eval(base, focus, this)?
+        Expr::OfType(base, ty)
+        | Expr::TypeOp {
+            is: false,
+            base,
+            ty,
+        } => eval(base, focus, this)?
             .into_iter()
-            .filter(|item| item_is(item, ty))
+            .filter(|item| item_is(item, &ty.name))
             .collect(),
-        Expr::Is(base, ty) => {
+        Expr::TypeOp { is: true, base, ty } => {
             let base = eval(base, focus, this)?;
             match base.as_slice() {
-                [item] => vec![Item::Bool(item_is(item, ty))],
+                [item] => vec![Item::Bool(item_is(item, &ty.name))],
                 _ => vec![],
             }
         }
-        Expr::Neg(inner) => match single_prim(&eval(inner, focus, this)?) {
+        Expr::Negate(inner) => match single_prim(&eval(inner, focus, this)?) {
             Some(Prim::Num(n)) => vec![Item::Number(-n)],
             None => vec![],
             _ => return Err(EvalError::BadOperands("-")),
         },
-        Expr::Call(base, name, args) => {
+        Expr::Call {
+            base, func, args, ..
+        } => {
             let input = match base {
                 Some(base) => eval(base, focus, this)?,
                 None => focus.to_vec(),
             };
-            call(name, &input, args, this)?
+            call(*func, &input, args, this)?
         }
         Expr::Binary(op, lhs, rhs) => {
             let l = eval(lhs, focus, this)?;
             let r = eval(rhs, focus, this)?;
             binary(*op, l, r)?
         }
+        Expr::Constant(_) | Expr::Resource | Expr::RowIndex => {
+            return Err(EvalError::Unsupported("a %constant"));
+        }
+        Expr::IndexVar => return Err(EvalError::Unsupported("$index")),
     })
 }
 
@@ -362,10 +379,11 @@ fn num_arg<'a>(args: &'a [Expr], i: usize, this: &Item<'a>, f: &str) -> R<Option
     })
 }
 
-fn call<'a>(name: &str, input: &[Item<'a>], args: &'a [Expr], this: &Item<'a>) -> R<Vec<Item<'a>>> {
+fn call<'a>(func: Func, input: &[Item<'a>], args: &'a [Expr], this: &Item<'a>) -> R<Vec<Item<'a>>> {
     let bool1 = |b: bool| vec![Item::Bool(b)];
-    Ok(match name {
-        "exists" => {
+    let name = func.name();
+    Ok(match func {
+        Func::Exists => {
             if let Some(cond) = args.first() {
                 let mut any = false;
                 for item in input {
@@ -379,15 +397,15 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &'a [Expr], this: &Item<'a>) -
                 bool1(!input.is_empty())
             }
         }
-        "empty" => bool1(input.is_empty()),
-        "not" => match single_prim(input) {
+        Func::Empty => bool1(input.is_empty()),
+        Func::Not => match single_prim(input) {
             Some(Prim::Bool(b)) => bool1(!b),
             _ => vec![],
         },
-        "count" => vec![Item::Number(input.len() as f64)],
-        "first" => input.first().cloned().into_iter().collect(),
-        "last" => input.last().cloned().into_iter().collect(),
-        "where" => {
+        Func::Count => vec![Item::Number(input.len() as f64)],
+        Func::First => input.first().cloned().into_iter().collect(),
+        Func::Last => input.last().cloned().into_iter().collect(),
+        Func::Where => {
             let cond = args
                 .first()
                 .ok_or_else(|| EvalError::BadArguments(name.into()))?;
@@ -399,15 +417,7 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &'a [Expr], this: &Item<'a>) -
             }
             out
         }
-        "ofType" => {
-            let ty = match args.first() {
-                Some(Expr::Ident(t)) => t.clone(),
-                Some(Expr::Literal(Literal::String(t))) => t.clone(),
-                _ => return Err(EvalError::BadArguments(name.into())),
-            };
-            input.iter().filter(|i| item_is(i, &ty)).cloned().collect()
-        }
-        "nodesByType" => {
+        Func::NodesByType => {
             let ty = match args.first() {
                 Some(Expr::Literal(Literal::String(t))) => t.clone(),
                 _ => return Err(EvalError::BadArguments(name.into())),
@@ -420,22 +430,22 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &'a [Expr], this: &Item<'a>) -
             }
             out
         }
-        "startsWith" | "endsWith" | "contains" | "matches" => {
+        Func::StartsWith | Func::EndsWith | Func::ContainsStr | Func::Matches => {
             let (Some(Prim::Str(s)), Some(arg)) =
                 (single_prim(input), string_arg(args, 0, this, name)?)
             else {
                 return Ok(vec![]);
             };
-            bool1(match name {
-                "startsWith" => s.starts_with(&arg),
-                "endsWith" => s.ends_with(&arg),
-                "contains" => s.contains(&arg),
+            bool1(match func {
+                Func::StartsWith => s.starts_with(&arg),
+                Func::EndsWith => s.ends_with(&arg),
+                Func::ContainsStr => s.contains(&arg),
                 _ => regex::Regex::new(&arg)
                     .map_err(|_| EvalError::BadArguments(name.into()))?
                     .is_match(&s),
             })
         }
-        "substring" => {
+        Func::Substring => {
             let Some(Prim::Str(s) | Prim::Date(s)) = single_prim(input) else {
                 return Ok(vec![]);
             };
@@ -453,26 +463,26 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &'a [Expr], this: &Item<'a>) -
                 chars[start..end].iter().collect::<String>().into(),
             )]
         }
-        "length" => match single_prim(input) {
+        Func::Length => match single_prim(input) {
             Some(Prim::Str(s)) => vec![Item::Number(s.chars().count() as f64)],
             _ => vec![],
         },
-        "upper" | "lower" => match single_prim(input) {
-            Some(Prim::Str(s)) => vec![Item::String(if name == "upper" {
+        Func::Upper | Func::Lower => match single_prim(input) {
+            Some(Prim::Str(s)) => vec![Item::String(if func == Func::Upper {
                 s.to_uppercase().into()
             } else {
                 s.to_lowercase().into()
             })],
             _ => vec![],
         },
-        "toString" => match single_prim(input) {
+        Func::ToString => match single_prim(input) {
             Some(Prim::Str(s) | Prim::Date(s)) => vec![Item::String(s.into())],
             Some(Prim::Num(n)) => vec![Item::String(n.to_string().into())],
             Some(Prim::Bool(b)) => vec![Item::String(b.to_string().into())],
             None => vec![],
         },
-        "hasValue" => bool1(single_prim(input).is_some()),
-        "iif" => {
+        Func::HasValue => bool1(single_prim(input).is_some()),
+        Func::Iif => {
             let cond = args
                 .first()
                 .ok_or_else(|| EvalError::BadArguments(name.into()))?;
@@ -489,7 +499,7 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &'a [Expr], this: &Item<'a>) -
                 }
             }
         }
-        other => return Err(EvalError::UnknownFunction(other.to_string())),
+        _ => return Err(EvalError::UnknownFunction(name.to_string())),
     })
 }
 
@@ -687,11 +697,13 @@ fn binary<'a>(op: BinOp, l: Vec<Item<'a>>, r: Vec<Item<'a>>) -> R<Vec<Item<'a>>>
                     };
                     Ok(vec![Item::String((text(a) + &text(b)).into())])
                 }
-                BinOp::Sub | BinOp::Mul | BinOp::Div => match (a, b) {
+                BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::IntDiv | BinOp::Mod => match (a, b) {
                     (Prim::Num(x), Prim::Num(y)) => Ok(match op {
                         BinOp::Sub => vec![Item::Number(x - y)],
                         BinOp::Mul => vec![Item::Number(x * y)],
                         _ if y == 0.0 => vec![],
+                        BinOp::IntDiv => vec![Item::Number((x / y).trunc())],
+                        BinOp::Mod => vec![Item::Number(x % y)],
                         _ => vec![Item::Number(x / y)],
                     }),
                     _ => Err(EvalError::BadOperands("arithmetic")),

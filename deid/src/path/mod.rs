@@ -2,18 +2,20 @@
 //! `Patient.address.state`, `nodesByType('HumanName')`, `Observation.value as Quantity`,
 //! `.where(...)`, `.ofType(T)`), compiled into selectors matched against raw JSON in one walk.
 //!
+//! The syntax is [`fhirlake_fhir::fhirpath`]'s ([`parse`] checks that an expression uses only what
+//! rule expressions evaluate); this module compiles its AST.
+//!
 //! A [`Selector`] is a list of steps. The engine walks a resource once; for every node it derives
 //! each live rule's [`MatchState`] from the parent's (an NFA over the steps), so a rule costs a few
 //! bit operations per node instead of a full FHIRPath evaluation per rule.
 
 pub mod eval;
-pub mod parse;
 
 use serde_json::Value;
 
 pub use eval::{EvalError, Item, Prim, truthy, type_matches};
+pub use fhirlake_fhir::fhirpath::{BinOp, Expr, Func, Literal, TypeSpec};
 use fhirlake_fhir::types::{self as fhir_types, ElementId, TypeId};
-pub use parse::{Expr, Literal, ParseError, parse};
 
 /// One step of a compiled rule path.
 #[derive(Debug, Clone)]
@@ -157,7 +159,7 @@ impl<'a> From<NodeInfo<'a>> for Node<'a> {
     }
 }
 
-/// Why a path is not a rule path.
+/// Why a path or a rule expression does not compile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathError {
     /// 0-based character offset.
@@ -172,12 +174,51 @@ impl std::fmt::Display for PathError {
     }
 }
 
-impl From<ParseError> for PathError {
-    fn from(e: ParseError) -> Self {
+impl PathError {
+    /// A syntax error of `text`, its byte offset turned into a character offset.
+    fn syntax(text: &str, error: fhirlake_fhir::Error) -> Self {
+        let fhirlake_fhir::Error::FhirPathSyntax { offset, message } = error;
+        let before = text.get(..offset).unwrap_or(text);
         Self {
-            offset: e.offset,
-            message: e.message,
+            offset: before.chars().count(),
+            message,
         }
+    }
+}
+
+/// Parses a rule expression (a `where(...)` condition, a `generalize` case): FHIRPath syntax
+/// without the view language's `%constants` and `$index`, which rules have no value for.
+pub fn parse(text: &str) -> Result<Expr, PathError> {
+    let expr = fhirlake_fhir::fhirpath::parse(text).map_err(|e| PathError::syntax(text, e))?;
+    match unsupported(&expr) {
+        None => Ok(expr),
+        Some((needle, message)) => Err(PathError {
+            offset: text
+                .find(&needle)
+                .or_else(|| text.find(&needle[..1]))
+                .map_or(0, |at| text[..at].chars().count()),
+            message: message.to_string(),
+        }),
+    }
+}
+
+/// The first construct of `expr` that rule expressions do not evaluate: its text (to point at
+/// it) and why.
+fn unsupported(expr: &Expr) -> Option<(String, &'static str)> {
+    let inner = |e: &Expr| unsupported(e);
+    let constant = "%constants are not supported in rule expressions";
+    match expr {
+        Expr::Constant(name) => Some((format!("%{name}"), constant)),
+        Expr::Resource | Expr::RowIndex => Some(("%".to_string(), constant)),
+        Expr::IndexVar => Some(("$index".to_string(), "only the variable $this is supported")),
+        Expr::Member(base, _) => base.as_deref().and_then(inner),
+        Expr::Index(a, b) | Expr::Binary(_, a, b) => inner(a).or_else(|| inner(b)),
+        Expr::OfType(base, _) | Expr::TypeOp { base, .. } | Expr::Negate(base) => inner(base),
+        Expr::Call { base, args, .. } => base
+            .as_deref()
+            .and_then(inner)
+            .or_else(|| args.iter().find_map(inner)),
+        Expr::Empty | Expr::Literal(_) | Expr::This => None,
     }
 }
 
@@ -186,7 +227,7 @@ const MAX_STEPS: usize = 30;
 impl Selector {
     /// Compiles a rule path.
     pub fn compile(text: &str) -> Result<Self, PathError> {
-        let expr = parse(text)?;
+        let expr = fhirlake_fhir::fhirpath::parse(text).map_err(|e| PathError::syntax(text, e))?;
         let mut steps = Vec::new();
         compile_into(&expr, &mut steps).map_err(|message| PathError { offset: 0, message })?;
         if steps.len() > MAX_STEPS {
@@ -434,7 +475,7 @@ fn filter_holds(expr: &Expr, node: Node<'_>) -> bool {
 
 fn compile_into(expr: &Expr, steps: &mut Vec<Step>) -> Result<(), String> {
     match expr {
-        Expr::Ident(name) if steps.is_empty() => {
+        Expr::Member(None, name) if steps.is_empty() => {
             if !name.chars().next().is_some_and(char::is_uppercase) {
                 return Err(format!(
                     "a rule path starts with a resource type, `Resource` or nodesByType(...), not `{name}`"
@@ -445,21 +486,41 @@ fn compile_into(expr: &Expr, steps: &mut Vec<Step>) -> Result<(), String> {
                 _ => Some(name.clone()),
             }));
         }
-        Expr::Call(None, name, args) if steps.is_empty() => {
+        Expr::Call {
+            base: None,
+            func,
+            args,
+            ..
+        } if steps.is_empty() => {
             steps.push(Step::Root(None));
-            compile_call(name, args, steps)?;
+            compile_call(*func, args, steps)?;
         }
-        Expr::Member(base, name) => {
+        // `ofType(T)` at the start of a path: on any resource.
+        Expr::OfType(base, ty) if steps.is_empty() && **base == Expr::This => {
+            steps.push(Step::Root(None));
+            steps.push(Step::OfType(ty.name.clone()));
+        }
+        Expr::Member(Some(base), name) => {
             compile_into(base, steps)?;
             steps.push(Step::Child(name.clone()));
         }
-        Expr::Call(Some(base), name, args) => {
+        Expr::Call {
+            base: Some(base),
+            func,
+            args,
+            ..
+        } => {
             compile_into(base, steps)?;
-            compile_call(name, args, steps)?;
+            compile_call(*func, args, steps)?;
         }
-        Expr::As(base, ty) => {
+        Expr::OfType(base, ty)
+        | Expr::TypeOp {
+            is: false,
+            base,
+            ty,
+        } => {
             compile_into(base, steps)?;
-            steps.push(Step::OfType(ty.clone()));
+            steps.push(Step::OfType(ty.name.clone()));
         }
         _ => {
             return Err(
@@ -471,22 +532,23 @@ fn compile_into(expr: &Expr, steps: &mut Vec<Step>) -> Result<(), String> {
     Ok(())
 }
 
-fn compile_call(name: &str, args: &[Expr], steps: &mut Vec<Step>) -> Result<(), String> {
-    let type_arg = || match args {
-        [Expr::Literal(Literal::String(t))] | [Expr::Ident(t)] => Ok(t.clone()),
-        _ => Err(format!("{name}() takes one type name")),
-    };
-    match name {
-        "nodesByType" => steps.push(Step::Descendants(Some(type_arg()?))),
-        "ofType" => steps.push(Step::OfType(type_arg()?)),
-        "descendants" if args.is_empty() => steps.push(Step::Descendants(None)),
-        "where" => match args {
-            [cond] => steps.push(Step::Filter(cond.clone())),
-            _ => return Err("where() takes one condition".to_string()),
-        },
-        other => {
+fn compile_call(func: Func, args: &[Expr], steps: &mut Vec<Step>) -> Result<(), String> {
+    match (func, args) {
+        (Func::NodesByType, [Expr::Literal(Literal::String(t))] | [Expr::Member(None, t)]) => {
+            steps.push(Step::Descendants(Some(t.clone())));
+        }
+        (Func::NodesByType, _) => return Err("nodesByType() takes one type name".to_string()),
+        (Func::Descendants, []) => steps.push(Step::Descendants(None)),
+        (Func::Where, [cond]) => {
+            if let Some((_, message)) = unsupported(cond) {
+                return Err(message.to_string());
+            }
+            steps.push(Step::Filter(cond.clone()));
+        }
+        (other, _) => {
             return Err(format!(
-                "{other}() cannot select nodes in a rule path (use nodesByType, where, ofType)"
+                "{}() cannot select nodes in a rule path (use nodesByType, where, ofType)",
+                other.name()
             ));
         }
     }
@@ -518,6 +580,17 @@ mod tests {
         assert!(Selector::compile("name.given").is_err());
         assert!(Selector::compile("Patient.name.first()").is_err());
         assert!(Selector::compile("Patient.name.where(").is_err());
+    }
+
+    #[test]
+    fn rule_expressions_are_fhirpath_without_view_constants() {
+        assert!(parse("$this in ('en-AU' | 'en-CA')").is_ok());
+        let e = parse("%resource.id = 'x'").unwrap_err();
+        assert!(e.message.contains("%constants"), "{e}");
+        assert_eq!(parse("$this = $index").unwrap_err().offset, 8);
+        // Offsets count characters, not bytes (the policy checker's columns).
+        assert_eq!(parse("'é' = x.").unwrap_err().offset, 8);
+        assert!(Selector::compile("Patient.name.where(%x = 1)").is_err());
     }
 
     #[test]
