@@ -10,7 +10,8 @@
 //! |---|---|
 //! | `Patient/1`, `Patient/1/_history/2`, `Patient/1#x` | [`Reference::Literal`] |
 //! | `https://ehr.example/fhir/Patient/1[/_history/2]` | [`Reference::Literal`] with a base |
-//! | `Patient?identifier=sys\|1`, `https://x/fhir/Patient?…` | [`Reference::Conditional`] |
+//! | `Patient?identifier=sys\|1`, `https://x/fhir/Patient?…` (an R4 type before `?`) | [`Reference::Conditional`] |
+//! | `Patient/1/`, `Patient/1?_format=json` (trailing `/` and parameters dropped) | [`Reference::Literal`] |
 //! | `#p1` | [`Reference::Contained`] |
 //! | `urn:uuid:…`, `urn:oid:…` | [`Reference::Uuid`], [`Reference::Oid`] |
 //! | `Patient` (a Bundle `request.url` of a create) | [`Reference::TypeOnly`] |
@@ -23,11 +24,12 @@ use std::borrow::Cow;
 pub enum Reference<'a> {
     /// `[base/]Type/id[/_history/version]`.
     Literal(Literal<'a>),
-    /// `[base/]Type?query`: a search that names the target (`identifier=system|value`).
+    /// `[base/]Type?query` with an R4 resource type: a search that names the target
+    /// (`identifier=system|value`).
     Conditional {
         /// The service base before the type (`https://ehr.example/fhir`), when written.
         base: Option<&'a str>,
-        /// The segment before `?` (`Patient`); not checked to be a resource type.
+        /// The resource type before `?` (`Patient`).
         resource_type: &'a str,
         /// Everything after the first `?`, not decoded.
         query: &'a str,
@@ -73,18 +75,28 @@ impl<'a> Reference<'a> {
         if let Some(oid) = reference.strip_prefix("urn:oid:") {
             return Self::Oid(oid);
         }
+        let mut path = reference;
         if let Some((before, query)) = reference.split_once('?') {
             let (base, resource_type) = split_last(before);
-            return Self::Conditional {
-                base,
-                resource_type,
-                query,
-            };
+            if crate::types::is_resource_type(resource_type) {
+                return Self::Conditional {
+                    base,
+                    resource_type,
+                    query,
+                };
+            }
+            if base.is_none() {
+                return Self::Other; // `Jsmith?x=1`: a search on no resource type
+            }
+            // `Type/id?_format=json`: a literal reference with search parameters, which go.
+            path = before;
         }
-        let (path, fragment) = match reference.split_once('#') {
+        let (path, fragment) = match path.split_once('#') {
             Some((path, fragment)) => (path, Some(fragment)),
-            None => (reference, None),
+            None => (path, None),
         };
+        // `Patient/1/` is `Patient/1`.
+        let path = path.trim_end_matches('/');
         let (body, version) = split_history(path);
         match body.rsplit_once('/') {
             Some((before, id)) => {
@@ -199,7 +211,14 @@ mod tests {
                     Some("2"),
                 ),
             ),
-            ("Patient/", literal(None, "Patient", "", None)),
+            ("Patient/", Reference::TypeOnly("Patient")),
+            ("Patient/1/", literal(None, "Patient", "1", None)),
+            (
+                "Patient/1?_format=json",
+                literal(None, "Patient", "1", None),
+            ),
+            ("/Patient/1", literal(Some(""), "Patient", "1", None)),
+            ("Jsmith?x=1", Reference::Other),
             (
                 "Patient?identifier=http://x%7C1",
                 Reference::Conditional {

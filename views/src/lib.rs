@@ -5,7 +5,8 @@
 //!
 //! * [`definition`]: ViewDefinition JSON -> [`CompiledView`] (validation, constants, column
 //!   slots, Arrow types from `type` and `ansi/type` tags).
-//! * [`fhirpath`]: the FHIRPath subset (parser and evaluator).
+//! * [`fhirpath`]: the FHIRPath subset: the evaluator and compiled paths over the AST of
+//!   `fhirlake_fhir::fhirpath` (the one parser).
 //! * [`json`]: the JSON tree views read resources into (a simd-json tape).
 //! * [`run`]: rows of one resource into [`ViewBatchBuilder`] (Arrow builders).
 //! * `onepass`: rows of flat views read straight from resource text, without a tree.

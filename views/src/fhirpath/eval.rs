@@ -15,6 +15,7 @@ use super::temporal::{
 };
 use super::{BinOp, Expr, Func, Literal, TypeSpec};
 use crate::json::{Json, Kind, format_float};
+use fhirlake_fhir::reference::Reference;
 
 /// A primitive value.
 #[derive(Debug, Clone, PartialEq)]
@@ -801,25 +802,15 @@ pub fn reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
     general_reference_parts(reference)
 }
 
-/// [`reference_parts`] after its prefixes, without the one-scan `Type/id` path.
+/// [`reference_parts`] after its prefixes, without the one-scan `Type/id` path: the one reference
+/// reader of `fhirlake_fhir::reference`, with the views' rule that a type starts upper case.
 fn general_reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
-    let path = reference.split(['?', '#']).next().unwrap_or(reference);
-    // Segments from the end, empty ones skipped: `[.., ty, id]` or `[.., ty, id, _history, v]`.
-    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
-    let (mut last, mut before) = (segments.next()?, segments.next()?);
-    if before == "_history" {
-        // Only when a type and an id precede `_history/version`.
-        let mut rest = segments.clone();
-        if let (Some(id), Some(_ty)) = (rest.next(), rest.next()) {
-            last = id;
-            before = segments.nth(1)?;
-        }
-    }
-    if before.starts_with(|c: char| c.is_ascii_uppercase()) {
-        Some((Some(before), last))
-    } else {
-        None
-    }
+    let literal = *Reference::parse(reference).literal()?;
+    (literal
+        .resource_type
+        .starts_with(|c: char| c.is_ascii_uppercase())
+        && !literal.id.is_empty())
+    .then_some((Some(literal.resource_type), literal.id))
 }
 
 fn call<'a>(
