@@ -195,174 +195,191 @@ fn resource_to_row(
     input_bytes: u64,
     raw: Option<Vec<u8>>,
 ) -> Processed {
-    let base = pos.path.clone();
-    let at = |suffix: &str| match &base {
+    let base = pos.path.as_deref();
+    // An owned type: de-identification rewrites the resource it was read from.
+    let checked = checked_resource_type(&value, file, base)
+        .map(str::to_string)
+        .and_then(|resource_type| {
+            check_id_and_last_updated(&value, &resource_type, base)?;
+            deidentify(deid, &mut value, &resource_type, base)?;
+            stored_row(&value, resource_type, base, patients, seq, input_bytes)
+        });
+    match checked {
+        Ok(row) => Processed::Row(row),
+        Err(refusal) => reject(
+            pos,
+            refusal.resource_type,
+            refusal.json_path,
+            refusal.reason,
+            raw,
+        ),
+    }
+}
+
+/// Why a resource is refused: its type when known, the JSON path of what is wrong, the reason
+/// (names and kinds, never values).
+struct Refusal {
+    resource_type: Option<String>,
+    json_path: Option<String>,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(resource_type: Option<&str>, json_path: Option<String>, reason: String) -> Self {
+        Self {
+            resource_type: resource_type.map(str::to_string),
+            json_path,
+            reason,
+        }
+    }
+}
+
+/// The JSON path `suffix` under the item's own path (`entry[3].resource` in a Bundle).
+fn at(base: Option<&str>, suffix: &str) -> Option<String> {
+    Some(match base {
         Some(base) => format!("{base}.{suffix}"),
         None => suffix.to_string(),
-    };
+    })
+}
+
+/// The resource's `resourceType`: a JSON object's, an R4 type, the manifest entry's type.
+fn checked_resource_type<'v>(
+    value: &'v Value,
+    file: &FileContext,
+    base: Option<&str>,
+) -> Result<&'v str, Refusal> {
     let Some(object) = value.as_object() else {
-        return reject(
-            pos,
+        return Err(Refusal::new(
             None,
-            base.clone(),
-            format!("not a JSON object (found {})", json_kind(&value)),
-            raw,
-        );
+            base.map(str::to_string),
+            format!("not a JSON object (found {})", json_kind(value)),
+        ));
     };
+    let refuse = |reason: String| Refusal::new(None, at(base, "resourceType"), reason);
     let resource_type = match object.get("resourceType") {
-        Some(Value::String(t)) if is_resource_type(t) => t.clone(),
+        Some(Value::String(t)) if is_resource_type(t) => t.as_str(),
         Some(Value::String(_)) => {
-            return reject(
-                pos,
-                None,
-                Some(at("resourceType")),
+            return Err(refuse(
                 "unknown resourceType (not an R4 resource type)".into(),
-                raw,
-            );
+            ));
         }
         Some(other) => {
-            return reject(
-                pos,
-                None,
-                Some(at("resourceType")),
-                format!("resourceType is a {}, not a string", json_kind(other)),
-                raw,
-            );
+            return Err(refuse(format!(
+                "resourceType is a {}, not a string",
+                json_kind(other)
+            )));
         }
-        None => {
-            return reject(
-                pos,
-                None,
-                Some(at("resourceType")),
-                "missing resourceType".into(),
-                raw,
-            );
-        }
+        None => return Err(refuse("missing resourceType".into())),
     };
     if let Some(expected) = &file.expected_type
         && expected.as_ref() != resource_type
     {
-        return reject(
-            pos,
-            Some(resource_type.clone()),
-            Some(at("resourceType")),
-            if is_resource_type(expected) {
-                format!(
-                    "resourceType {resource_type} does not match the manifest entry type {expected}"
-                )
-            } else {
-                format!(
-                    "resourceType {resource_type} does not match the manifest entry type \
-                     (not an R4 resource type)"
-                )
-            },
-            raw,
-        );
+        let reason = if is_resource_type(expected) {
+            format!(
+                "resourceType {resource_type} does not match the manifest entry type {expected}"
+            )
+        } else {
+            format!(
+                "resourceType {resource_type} does not match the manifest entry type \
+                 (not an R4 resource type)"
+            )
+        };
+        return Err(Refusal::new(
+            Some(resource_type),
+            at(base, "resourceType"),
+            reason,
+        ));
     }
-    match object.get("id") {
+    Ok(resource_type)
+}
+
+/// A valid `id`, and a `meta.lastUpdated` that is an instant when there is one.
+fn check_id_and_last_updated(
+    value: &Value,
+    resource_type: &str,
+    base: Option<&str>,
+) -> Result<(), Refusal> {
+    let refuse = |suffix: &str, reason: String| {
+        Err(Refusal::new(Some(resource_type), at(base, suffix), reason))
+    };
+    match value.get("id") {
         Some(Value::String(id)) if is_valid_id(id) => {}
         Some(Value::String(_)) => {
-            return reject(
-                pos,
-                Some(resource_type),
-                Some(at("id")),
+            return refuse(
+                "id",
                 "id is not a valid FHIR id ([A-Za-z0-9-.]{1,64})".into(),
-                raw,
             );
         }
         Some(other) => {
-            return reject(
-                pos,
-                Some(resource_type),
-                Some(at("id")),
-                format!("id is a {}, not a string", json_kind(other)),
-                raw,
-            );
+            return refuse("id", format!("id is a {}, not a string", json_kind(other)));
         }
-        None => {
-            return reject(
-                pos,
-                Some(resource_type),
-                Some(at("id")),
-                "missing id".into(),
-                raw,
-            );
-        }
+        None => return refuse("id", "missing id".into()),
     }
     // The original `meta.lastUpdated` is only checked here; the column is read from the
-    // de-identified resource below, so that it carries the same (shifted) instant as the
-    // `resource` text: the original next to the shifted copy would give away the date shift.
-    match object.get("meta").and_then(|m| m.get("lastUpdated")) {
-        None | Some(Value::Null) => {}
+    // de-identified resource, so that it carries the same (shifted) instant as the `resource`
+    // text: the original next to the shifted copy would give away the date shift.
+    match value.get("meta").and_then(|m| m.get("lastUpdated")) {
+        None | Some(Value::Null) => Ok(()),
         Some(Value::String(instant)) => match chrono::DateTime::parse_from_rfc3339(instant) {
-            Ok(_) => {}
-            Err(_) => {
-                return reject(
-                    pos,
-                    Some(resource_type),
-                    Some(at("meta.lastUpdated")),
-                    "meta.lastUpdated is not a valid FHIR instant".into(),
-                    raw,
-                );
-            }
+            Ok(_) => Ok(()),
+            Err(_) => refuse(
+                "meta.lastUpdated",
+                "meta.lastUpdated is not a valid FHIR instant".into(),
+            ),
         },
-        Some(other) => {
-            return reject(
-                pos,
-                Some(resource_type),
-                Some(at("meta.lastUpdated")),
-                format!("meta.lastUpdated is a {}, not a string", json_kind(other)),
-                raw,
-            );
-        }
+        Some(other) => refuse(
+            "meta.lastUpdated",
+            format!("meta.lastUpdated is a {}, not a string", json_kind(other)),
+        ),
     }
+}
 
-    match deid.deidentify(&mut value) {
-        Ok(Disposition::Keep) => {}
-        Ok(Disposition::Drop { reason }) => {
-            return reject(
-                pos,
-                Some(resource_type),
-                base,
-                format!("dropped by policy: {reason}"),
-                raw,
-            );
-        }
-        Err(e) => {
-            return reject(
-                pos,
-                Some(resource_type),
-                base,
-                format!("de-identification failed: {e}"),
-                raw,
-            );
-        }
-    }
-    // After de-identification the id and references are in the lake's (pseudonym) space.
+/// De-identifies the resource in place; a policy's drop or an engine failure refuses it.
+fn deidentify(
+    deid: &dyn Deidentifier,
+    value: &mut Value,
+    resource_type: &str,
+    base: Option<&str>,
+) -> Result<(), Refusal> {
+    let reason = match deid.deidentify(value) {
+        Ok(Disposition::Keep) => return Ok(()),
+        Ok(Disposition::Drop { reason }) => format!("dropped by policy: {reason}"),
+        Err(e) => format!("de-identification failed: {e}"),
+    };
+    Err(Refusal::new(
+        Some(resource_type),
+        base.map(str::to_string),
+        reason,
+    ))
+}
+
+/// The row of a de-identified resource: its id and references are in the lake's (pseudonym)
+/// space now.
+fn stored_row(
+    value: &Value,
+    resource_type: String,
+    base: Option<&str>,
+    patients: Option<&PatientsByIdentifier>,
+    seq: i64,
+    input_bytes: u64,
+) -> Result<Row, Refusal> {
     let Some(id) = value.get("id").and_then(Value::as_str).map(str::to_string) else {
-        return reject(
-            pos,
-            Some(resource_type),
-            Some(at("id")),
+        return Err(Refusal::new(
+            Some(&resource_type),
+            at(base, "id"),
             "de-identification removed the id".into(),
-            raw,
-        );
+        ));
     };
-    let patient_id = patient_compartment(&value, patients);
-    let last_updated = deidentified_last_updated(&value);
-    let resource = match serde_json::to_string(&value) {
-        Ok(s) => s,
-        Err(e) => {
-            return reject(
-                pos,
-                Some(resource_type),
-                base,
-                format!("re-serialisation failed: {e}"),
-                raw,
-            );
-        }
-    };
-    Processed::Row(Row {
+    let patient_id = patient_compartment(value, patients);
+    let last_updated = deidentified_last_updated(value);
+    let resource = serde_json::to_string(value).map_err(|e| {
+        Refusal::new(
+            Some(&resource_type),
+            base.map(str::to_string),
+            format!("re-serialisation failed: {e}"),
+        )
+    })?;
+    Ok(Row {
         resource_type,
         id,
         patient_id,
